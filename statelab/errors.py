@@ -1,0 +1,84 @@
+"""The exception tree shared by both wings.
+
+Stores raise these inside the sidecar, which turns them into Dapr status codes and error bodies.
+The client raises the same classes when the sidecar (ours or a real daprd) answers with an error,
+so a learner catches ``ETagMismatch`` whichever side of the HTTP call they are reading.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class StatelabError(Exception):
+    """Base of everything statelab raises on purpose."""
+
+
+class DaprError(StatelabError):
+    """An error in Dapr's terms: a message and, when it came over HTTP, status code and ``errorCode``."""
+
+    def __init__(self, message: str, *, status: int = 0, error_code: str = "", body: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.error_code = error_code
+        self.body = body
+
+    def __str__(self) -> str:
+        if self.status:
+            return f"{self.status} {self.error_code}: {self.message}".replace(" : ", ": ")
+        return self.message
+
+
+# --- what a store can refuse (the sidecar maps these to status codes; the client raises them too) ---
+
+
+class StoreError(DaprError):
+    """A state store refused or failed an operation (daprd reports these as 500 unless said otherwise)."""
+
+
+class ETagMismatch(StoreError):
+    """409: the ETag given does not match the stored one, or first-write found an existing item."""
+
+
+class ETagInvalid(StoreError):
+    """400: the ETag is not valid for this store, e.g. a non-numeric ETag on Redis."""
+
+
+class InvalidRequestOption(StoreError):
+    """An unknown concurrency or consistency value, or a bad ttlInSeconds (daprd answers 500)."""
+
+
+class TooManyOperations(StoreError):
+    """A transaction larger than the store accepts."""
+
+
+class TransactionFailed(StoreError):
+    """500 ``ERR_STATE_TRANSACTION``: daprd reports every transaction failure this way, ETag ones too."""
+
+
+class ComponentError(StatelabError):
+    """A component YAML could not be loaded or its metadata is invalid."""
+
+
+# --- other error answers the client turns into exceptions ---------------------------------------
+
+
+class StoreNotFound(DaprError):
+    """400 ``ERR_STATE_STORE_NOT_FOUND``: no component with that name."""
+
+
+class StoreNotConfigured(DaprError):
+    """500 ``ERR_STATE_STORE_NOT_CONFIGURED``: the sidecar has no state store at all."""
+
+
+class MalformedRequest(DaprError):
+    """400 ``ERR_MALFORMED_REQUEST``: the body or key was rejected."""
+
+
+class Unauthorized(DaprError):
+    """401: missing or wrong ``dapr-api-token``."""
+
+
+class SidecarUnavailable(DaprError):
+    """The sidecar could not be reached (connection refused or timed out)."""

@@ -1,0 +1,152 @@
+"""JSON read and written the way daprd's Go code does it.
+
+daprd decodes request bodies with Go's streaming ``encoding/json`` decoder: only the first JSON value
+is read (trailing bytes are ignored), every number becomes a float64, ``NaN`` is not JSON. The stores
+then re-encode the value: in-memory and SQLite with ``encoding/json`` (sorted keys, ``<>&`` escaped,
+shortest float text), Redis with json-iterator's "fastest" config (document order, no HTML escaping,
+floats rounded to six decimals). Reproducing this keeps what a learner reads back identical to daprd.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from decimal import Decimal
+from typing import Any
+
+class GoJSONError(ValueError):
+    """A body Go's decoder would reject; the message imitates Go's wording."""
+
+
+def _parse_number(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise GoJSONError(f"json: cannot unmarshal number {text} into Go value of type float64")
+    return value
+
+
+def _reject_constant(name: str) -> Any:
+    raise GoJSONError(f"invalid character '{name[0]}' looking for beginning of value")
+
+
+_decoder = json.JSONDecoder(
+    parse_float=_parse_number, parse_int=_parse_number, parse_constant=_reject_constant
+)
+
+
+def loads(body: bytes) -> Any:
+    """Decode the first JSON value of ``body`` as Go's ``json.Decoder`` does (trailing bytes ignored)."""
+    text = body.decode("utf-8", errors="replace")
+    start = 0
+    while start < len(text) and text[start] in " \t\r\n":
+        start += 1
+    if start == len(text):
+        raise GoJSONError("EOF")
+    try:
+        value, _ = _decoder.raw_decode(text, start)
+    except GoJSONError:
+        raise
+    except json.JSONDecodeError as exc:
+        if exc.pos >= len(text):
+            raise GoJSONError("unexpected EOF") from None
+        raise GoJSONError(f"invalid character {text[exc.pos]!r} looking for beginning of value") from None
+    except RecursionError:
+        raise GoJSONError("exceeded max depth") from None
+    return value
+
+
+def _scrub(text: str) -> str:
+    # Lone surrogates (from "\ud800" escapes) cannot be UTF-8 encoded; Go writes U+FFFD for them.
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def go_float(value: float) -> str:
+    """Format a float64 as ``encoding/json`` does: shortest digits, exponent only outside [1e-6, 1e21)."""
+    if value == 0:
+        return "-0" if math.copysign(1.0, value) < 0 else "0"
+    r = repr(value)
+    if abs(value) < 1e-6 or abs(value) >= 1e21:
+        mantissa, _, exp = r.partition("e")
+        sign = exp[0]
+        digits = exp[1:].lstrip("0") or "0"
+        if sign == "-" and len(digits) == 1:
+            return f"{mantissa}e-{digits}"
+        return f"{mantissa}e{sign}{digits.zfill(2)}"
+    text = format(Decimal(r), "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text
+
+
+def jsoniter_float(value: float) -> str:
+    """Format a float64 as json-iterator's ``ConfigFastest`` does (at most six decimals)."""
+    sign = ""
+    if value < 0:
+        sign, value = "-", -value
+    if value > 0x4FFFFFF:
+        return sign + go_float(value)
+    scaled = int(value * 1_000_000 + 0.5)
+    whole, frac = divmod(scaled, 1_000_000)
+    if frac == 0:
+        return f"{sign}{whole}"
+    return f"{sign}{whole}.{frac:06d}".rstrip("0")
+
+
+def _encode(value: Any, out: list[str], *, sort: bool, float_text) -> None:
+    if isinstance(value, dict):
+        out.append("{")
+        items = sorted(value.items()) if sort else value.items()
+        for i, (k, v) in enumerate(items):
+            if i:
+                out.append(",")
+            out.append(json.dumps(k, ensure_ascii=False))
+            out.append(":")
+            _encode(v, out, sort=sort, float_text=float_text)
+        out.append("}")
+    elif isinstance(value, list):
+        out.append("[")
+        for i, v in enumerate(value):
+            if i:
+                out.append(",")
+            _encode(v, out, sort=sort, float_text=float_text)
+        out.append("]")
+    elif isinstance(value, bool) or value is None:
+        out.append("true" if value is True else "false" if value is False else "null")
+    elif isinstance(value, (int, float)):
+        out.append(float_text(float(value)))
+    else:
+        out.append(json.dumps(value, ensure_ascii=False))
+
+
+def dumps_go(value: Any, *, sort_keys: bool = True) -> bytes:
+    """Encode as Go's ``encoding/json``: compact, HTML characters escaped, map keys sorted.
+
+    ``sort_keys=False`` is for what Go marshals from structs, whose fields keep declaration order.
+    """
+    out: list[str] = []
+    _encode(value, out, sort=sort_keys, float_text=go_float)
+    text = "".join(out)
+    text = (
+        text.replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026")
+        .replace("\u2028", "\\u2028")
+        .replace("\u2029", "\\u2029")
+    )
+    return _scrub(text).encode("utf-8")
+
+
+def dumps_jsoniter(value: Any) -> bytes:
+    """Encode as json-iterator's ``ConfigFastest`` (Dapr's Redis store): document order, no HTML escaping."""
+    out: list[str] = []
+    _encode(value, out, sort=False, float_text=jsoniter_float)
+    return _scrub("".join(out)).encode("utf-8")
+
+
+def dumps(value: Any) -> bytes:
+    """Compact JSON for bodies daprd builds from Go structs (errors, bulk results, metadata)."""
+    return dumps_go(value, sort_keys=False)

@@ -1,0 +1,305 @@
+"""A small HTTP/1.1 server: an asyncio Protocol on the httptools parser.
+
+Why not a framework: at the low load learners produce, a general framework adds about a millisecond
+per request (``shared/perf-notes.md``), more than daprd itself takes. This module does transport only:
+keep-alive, pipelining (answers in request order), chunked request bodies, ``Expect: 100-continue``,
+a body size cap that never buffers past the limit, idle and slow-client timeouts, write backpressure.
+What a request means is decided by the handler it is given (``statelab.sidecar.api``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Awaitable, Callable
+
+import httptools
+
+log = logging.getLogger(__name__)
+
+_REASONS = {s.value: s.phrase for s in HTTPStatus}
+
+
+class Request:
+    __slots__ = ("method", "path", "query", "headers", "body", "too_large", "keep_alive")
+
+    def __init__(self, method: str, path: str, query: str, headers: dict[str, str], body: bytes, too_large: bool):
+        self.method = method
+        self.path = path  # still percent-encoded, as daprd's router sees it
+        self.query = query
+        self.headers = headers  # lower-case names; repeated headers joined with ", "
+        self.body = body
+        self.too_large = too_large
+        self.keep_alive = True
+
+
+class Response:
+    __slots__ = ("status", "body", "content_type", "headers")
+
+    def __init__(
+        self,
+        status: int,
+        body: bytes = b"",
+        content_type: str | None = None,
+        headers: list[tuple[str, str]] | None = None,
+    ):
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+        self.headers = headers
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+_date_cache: tuple[int, bytes] = (0, b"")
+
+
+def _date() -> bytes:
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, formatdate(now, usegmt=True).encode("ascii"))
+    return _date_cache[1]
+
+
+def encode_response(resp: Response, *, keep_alive: bool, head: bool = False) -> bytes:
+    parts = [
+        b"HTTP/1.1 %d %s\r\nDate: %s\r\n" % (resp.status, _REASONS.get(resp.status, "Status").encode(), _date())
+    ]
+    if resp.content_type:
+        parts.append(b"Content-Type: %s\r\n" % resp.content_type.encode("latin-1"))
+    if resp.headers:
+        for name, value in resp.headers:
+            # Header values come from stored ETags and metadata: never let them split the response.
+            clean = value.replace("\r", " ").replace("\n", " ")
+            parts.append(f"{name}: {clean}\r\n".encode("latin-1", "replace"))
+    if resp.status != 204 and resp.status >= 200:
+        parts.append(b"Content-Length: %d\r\n" % len(resp.body))
+    if not keep_alive:
+        parts.append(b"Connection: close\r\n")
+    parts.append(b"\r\n")
+    if resp.body and not head and resp.status != 204:
+        parts.append(resp.body)
+    return b"".join(parts)
+
+
+_BAD_REQUEST = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Connection: close\r\n\r\n400 Bad Request"
+)
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(self, handler: Handler, *, max_body: int, idle_timeout: float, on_error: Callable[[Request], Response]):
+        self.handler = handler
+        self.max_body = max_body
+        self.idle_timeout = idle_timeout
+        self.on_error = on_error
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.pending: deque[Request] = deque()
+        self.worker: asyncio.Task | None = None
+        self.closing = False
+        self.closing_after_pending = False
+        self.broken = False
+        self.reading_paused = False
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.timer: asyncio.TimerHandle | None = None
+        self.last_activity = 0.0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.url = b""
+        self.headers: dict[str, str] = {}
+        self.body: list[bytes] = []
+        self.body_size = 0
+        self.too_large = False
+        self.in_message = False
+
+    # --- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.loop = asyncio.get_running_loop()
+        self.last_activity = self.loop.time()
+        self.timer = self.loop.call_later(self.idle_timeout, self._check_idle)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        if self.timer:
+            self.timer.cancel()
+        if self.worker and not self.worker.done():
+            self.worker.cancel()
+        self.writable.set()
+
+    def data_received(self, data: bytes) -> None:
+        self.last_activity = self.loop.time()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail()
+        except httptools.HttpParserError:
+            self._fail()
+
+    def eof_received(self) -> bool | None:
+        # A client that half-closes after sending still gets its answers, then the connection closes.
+        self.closing_after_pending = True
+        if not self.pending and not (self.worker and not self.worker.done()):
+            return None
+        return True
+
+    def pause_writing(self) -> None:
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        self.writable.set()
+
+    # --- httptools callbacks ---------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._reset()
+        self.in_message = True
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        if key in self.headers:
+            self.headers[key] += ", " + text
+        else:
+            self.headers[key] = text
+
+    def on_headers_complete(self) -> None:
+        if self.headers.get("expect", "").lower() == "100-continue" and self.parser.get_http_version() == "1.1":
+            assert self.transport is not None
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, chunk: bytes) -> None:
+        self.body_size += len(chunk)
+        if self.body_size > self.max_body:
+            # Keep reading (the client is still sending) but store nothing past the limit.
+            self.too_large = True
+            self.body = []
+        else:
+            self.body.append(chunk)
+
+    def on_message_complete(self) -> None:
+        self.in_message = False
+        url = httptools.parse_url(self.url) if self.url else None
+        path = url.path.decode("latin-1") if url and url.path else "/"
+        query = url.query.decode("latin-1") if url and url.query else ""
+        req = Request(
+            self.parser.get_method().decode("latin-1"),
+            path,
+            query,
+            self.headers,
+            b"".join(self.body),
+            self.too_large,
+        )
+        req.keep_alive = self.parser.should_keep_alive()
+        self.pending.append(req)
+        if len(self.pending) > 64 and not self.reading_paused and self.transport:
+            self.reading_paused = True
+            self.transport.pause_reading()
+        if self.worker is None or self.worker.done():
+            self.worker = self.loop.create_task(self._serve())
+
+    # --- answering -------------------------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        while self.pending and not self.closing:
+            req = self.pending.popleft()
+            if self.reading_paused and len(self.pending) < 16:
+                self.reading_paused = False
+                transport.resume_reading()
+            try:
+                resp = await self.handler(req)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("unhandled error for %s %s", req.method, req.path)
+                resp = self.on_error(req)
+            if self.closing:
+                return
+            keep_alive = req.keep_alive and not self.broken
+            if not self.writable.is_set():
+                await self.writable.wait()
+                if self.closing:
+                    return
+            transport.write(encode_response(resp, keep_alive=keep_alive, head=req.method == "HEAD"))
+            if not keep_alive:
+                self.closing = True
+                transport.close()
+                return
+        if self.broken and not self.closing:
+            self._write_bad_request()
+        elif self.closing_after_pending and not self.closing:
+            self.closing = True
+            transport.close()
+
+    def _fail(self) -> None:
+        """Malformed HTTP: answer what came before, then a plain 400 (as Go's net/http), then close."""
+        self.broken = True
+        if self.transport:
+            self.transport.pause_reading()
+        if not self.pending and not (self.worker and not self.worker.done()):
+            self._write_bad_request()
+
+    def _write_bad_request(self) -> None:
+        if self.transport and not self.closing:
+            self.closing = True
+            self.transport.write(_BAD_REQUEST)
+            self.transport.close()
+
+    def _check_idle(self) -> None:
+        if self.closing or self.transport is None:
+            return
+        busy = bool(self.pending) or (self.worker is not None and not self.worker.done())
+        idle_for = self.loop.time() - self.last_activity
+        if not busy and idle_for >= self.idle_timeout:
+            # An idle keep-alive connection, or a client that stopped half-way through a request.
+            self.closing = True
+            self.transport.close()
+            return
+        self.timer = self.loop.call_later(max(self.idle_timeout - idle_for, 1.0), self._check_idle)
+
+
+async def serve(
+    handler: Handler,
+    hosts: list[str],
+    port: int,
+    *,
+    max_body: int,
+    idle_timeout: float = 60.0,
+    on_error: Callable[[Request], Response],
+) -> list[asyncio.base_events.Server]:
+    """Listen on every host at ``port``; raises OSError (e.g. address in use) before serving anything."""
+    loop = asyncio.get_running_loop()
+    servers = []
+    try:
+        for host in hosts:
+            servers.append(
+                await loop.create_server(
+                    lambda: HttpProtocol(handler, max_body=max_body, idle_timeout=idle_timeout, on_error=on_error),
+                    host=host,
+                    port=port,
+                    reuse_address=True,
+                    backlog=1024,
+                )
+            )
+    except BaseException:
+        for server in servers:
+            server.close()
+        raise
+    return servers

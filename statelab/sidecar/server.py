@@ -1,0 +1,114 @@
+"""Start-up of the local sidecar: load components, initialise stores, listen, stop cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from dataclasses import dataclass, field
+
+from statelab.components import key_prefix, load_components
+from statelab.errors import ComponentError
+from statelab.sidecar import http
+from statelab.sidecar.api import StateAPI, Store, internal_error
+from statelab.stores import open_store
+
+log = logging.getLogger("statelab.sidecar")
+
+DEFAULT_MAX_BODY = 4 << 20  # daprd's --max-body-size default: 4 MiB
+
+
+@dataclass
+class SidecarConfig:
+    app_id: str
+    http_port: int = 3500
+    resources_path: str = "components"
+    listen_addresses: list[str] = field(default_factory=lambda: ["127.0.0.1"])
+    max_body_size: int = DEFAULT_MAX_BODY
+    init_timeout: float = 10.0
+    idle_timeout: float = 60.0
+
+
+async def open_stores(config: SidecarConfig) -> dict[str, Store]:
+    stores: dict[str, Store] = {}
+    try:
+        for comp in load_components(config.resources_path, config.app_id):
+            store = open_store(comp)
+            try:
+                await asyncio.wait_for(store.init(), config.init_timeout)
+            except asyncio.TimeoutError:
+                raise ComponentError(f"component {comp.name} ({comp.type}) did not initialise within {config.init_timeout:g}s") from None
+            except ComponentError:
+                raise
+            except Exception as exc:
+                raise ComponentError(f"component {comp.name} ({comp.type}) failed to initialise: {exc}") from None
+            stores[comp.name] = Store(comp, store, key_prefix(comp, config.app_id))
+            log.info("component loaded: %s (%s/%s)", comp.name, comp.type, comp.version)
+    except BaseException:
+        await close_stores(stores)
+        raise
+    return stores
+
+
+async def close_stores(stores: dict[str, Store]) -> None:
+    for s in stores.values():
+        try:
+            await s.store.close()
+        except Exception:  # noqa: BLE001 - shutting down anyway
+            log.exception("closing %s", s.component.name)
+
+
+async def run(config: SidecarConfig) -> None:
+    """Serve until SIGTERM/SIGINT. Raises ComponentError or OSError (port in use) before serving."""
+    stores = await open_stores(config)
+    api = StateAPI(config.app_id, stores, api_token=os.environ.get("DAPR_API_TOKEN", ""))
+    try:
+        servers = await http.serve(
+            api.handle,
+            config.listen_addresses,
+            config.http_port,
+            max_body=config.max_body_size,
+            idle_timeout=config.idle_timeout,
+            on_error=internal_error,
+        )
+    except BaseException:
+        await close_stores(stores)
+        raise
+    api.ready = True
+    log.info(
+        "dapr-compatible sidecar ready: app id %s, HTTP on %s port %d, %d state store(s)%s",
+        config.app_id,
+        ",".join(config.listen_addresses),
+        config.http_port,
+        len(stores),
+        ", API token required" if api.api_token else "",
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    for server in servers:
+        server.close()
+    await close_stores(stores)
+
+
+def main(config: SidecarConfig) -> int:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; plain asyncio still works
+        uvloop = None
+    try:
+        if uvloop is not None:
+            uvloop.run(run(config))
+        else:
+            asyncio.run(run(config))
+    except ComponentError as exc:
+        log.error("%s", exc)
+        return 1
+    except OSError as exc:
+        log.error("cannot listen on port %d: %s", config.http_port, exc.strerror or exc)
+        return 1
+    return 0

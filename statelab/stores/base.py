@@ -1,0 +1,145 @@
+"""What every state store implements, and the request shapes the sidecar hands to it.
+
+Keys reaching a store are already prefixed (``myapp||key``). Values are the decoded JSON of an HTTP
+request (each store serialises them the way its Dapr counterpart does) or raw ``bytes`` (gRPC).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, ClassVar, Sequence, Union
+
+from statelab.errors import InvalidRequestOption
+
+FIRST_WRITE = "first-write"
+LAST_WRITE = "last-write"
+STRONG = "strong"
+EVENTUAL = "eventual"
+
+
+@dataclass
+class SetRequest:
+    key: str
+    value: Any = None
+    etag: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    concurrency: str = ""
+    consistency: str = ""
+
+    @property
+    def has_etag(self) -> bool:
+        return self.etag is not None and self.etag != ""
+
+
+@dataclass
+class DeleteRequest:
+    key: str
+    etag: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    concurrency: str = ""
+    consistency: str = ""
+
+    @property
+    def has_etag(self) -> bool:
+        return self.etag is not None and self.etag != ""
+
+
+Operation = Union[SetRequest, DeleteRequest]
+
+
+@dataclass
+class Item:
+    """A stored value as read back: the stored bytes, its ETag and, if it has a TTL, when it expires."""
+
+    data: bytes
+    etag: str
+    expires_at: float | None = None  # unix time
+
+    def metadata(self) -> dict[str, str]:
+        if self.expires_at is None:
+            return {}
+        stamp = datetime.fromtimestamp(int(self.expires_at), tz=timezone.utc)
+        return {"ttlExpireTime": stamp.strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
+@dataclass
+class BulkItem:
+    key: str
+    item: Item | None = None
+    error: str = ""
+
+
+_INT = re.compile(r"[+-]?[0-9]+")  # what Go's strconv accepts: no spaces, no underscores
+
+
+def check_options(concurrency: str, consistency: str) -> None:
+    """Reject option values the Dapr stores do not know (daprd answers 500 for these)."""
+    if concurrency not in ("", FIRST_WRITE, LAST_WRITE):
+        raise InvalidRequestOption(f"unrecognized concurrency model '{concurrency}'")
+    if consistency not in ("", STRONG, EVENTUAL):
+        raise InvalidRequestOption(f"unrecognized consistency model '{consistency}'")
+
+
+def parse_ttl(metadata: dict[str, str]) -> int | None:
+    """``ttlInSeconds`` from request metadata: None when absent, else an int (may be <= 0).
+
+    Raises ``InvalidRequestOption`` with Go's strconv wording; each store adds its own prefix.
+    """
+    raw = metadata.get("ttlInSeconds")
+    if raw is None:
+        return None
+    if not _INT.fullmatch(raw):
+        raise InvalidRequestOption(f'strconv.ParseInt: parsing "{raw}": invalid syntax')
+    value = int(raw)
+    if not -(2**63) <= value < 2**63:
+        raise InvalidRequestOption(f'strconv.ParseInt: parsing "{raw}": value out of range')
+    return value
+
+
+def expiry(ttl: int | None, now: float | None = None) -> float | None:
+    if ttl is None or ttl <= 0:
+        return None
+    return (time.time() if now is None else now) + ttl
+
+
+class StateStore:
+    """The store interface. Every method may raise the errors in ``statelab.errors``."""
+
+    features: ClassVar[tuple[str, ...]] = ()
+    max_transaction_ops: ClassVar[int] = 0  # 0 = no limit
+
+    async def init(self) -> None:
+        """Connect, create tables, read replica counts; called once before serving."""
+
+    async def close(self) -> None:
+        """Release connections and background tasks."""
+
+    async def ping(self) -> None:
+        """Raise if the backing store is unreachable."""
+
+    async def get(self, key: str, *, consistency: str = "", metadata: dict[str, str] | None = None) -> Item | None:
+        raise NotImplementedError
+
+    async def bulk_get(
+        self, keys: Sequence[str], *, parallelism: int = 0, metadata: dict[str, str] | None = None
+    ) -> list[BulkItem]:
+        """Default: one get per key, in request order; a failing key is reported in its item."""
+        out = []
+        for key in keys:
+            try:
+                out.append(BulkItem(key, await self.get(key, metadata=metadata)))
+            except Exception as exc:  # noqa: BLE001 - reported per key, as daprd does
+                out.append(BulkItem(key, error=str(exc)))
+        return out
+
+    async def set(self, req: SetRequest) -> None:
+        raise NotImplementedError
+
+    async def delete(self, req: DeleteRequest) -> None:
+        raise NotImplementedError
+
+    async def transact(self, ops: Sequence[Operation], metadata: dict[str, str]) -> None:
+        raise NotImplementedError
