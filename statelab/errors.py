@@ -81,4 +81,8 @@ class Unauthorized(DaprError):
 
 
 class SidecarUnavailable(DaprError):
-    """The sidecar could not be reached (connection refused or timed out)."""
+    """The sidecar could not be reached (connection refused, reset)."""
+
+
+class SidecarTimeout(SidecarUnavailable):
+    """No answer in time: the operation may or may not have happened (outcome unknown)."""

@@ -1,0 +1,283 @@
+"""A small client for the Dapr state API over HTTP (``requests``), for lessons and the writers harness.
+
+It speaks only the public Dapr API, so it works the same against the statelab sidecar and a real
+``daprd``. Endpoint and token come from the environment as in the official SDKs:
+``DAPR_HTTP_ENDPOINT``, else ``http://{DAPR_RUNTIME_HOST}:{DAPR_HTTP_PORT}`` (127.0.0.1:3500), and
+``DAPR_API_TOKEN``. Error answers become the exceptions of ``statelab.errors`` (``ETagMismatch`` for
+409, ...). One client holds one ``requests.Session``: give each thread its own client.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+from urllib.parse import quote
+
+import requests
+
+from statelab.errors import (
+    DaprError,
+    ETagInvalid,
+    ETagMismatch,
+    MalformedRequest,
+    SidecarTimeout,
+    SidecarUnavailable,
+    StoreNotConfigured,
+    StoreNotFound,
+    TransactionFailed,
+    Unauthorized,
+)
+
+FIRST_WRITE = "first-write"
+LAST_WRITE = "last-write"
+STRONG = "strong"
+EVENTUAL = "eventual"
+
+
+def default_endpoint() -> str:
+    endpoint = os.environ.get("DAPR_HTTP_ENDPOINT")
+    if endpoint:
+        return endpoint.rstrip("/")
+    host = os.environ.get("DAPR_RUNTIME_HOST", "127.0.0.1")
+    port = os.environ.get("DAPR_HTTP_PORT", "3500")
+    return f"http://{host}:{port}"
+
+
+@dataclass
+class State:
+    """A value read back: ``value`` is the decoded JSON (or raw ``bytes`` if it is not JSON)."""
+
+    key: str
+    value: Any
+    etag: str | None
+    metadata: dict[str, str] = field(default_factory=dict)
+    raw: bytes = b""
+
+
+@dataclass
+class Operation:
+    """One transaction operation; build with ``upsert(...)`` / ``remove(...)``."""
+
+    operation: str
+    key: str
+    value: Any = None
+    etag: str | None = None
+    metadata: dict[str, str] | None = None
+    options: dict[str, str] | None = None
+
+    def to_json(self) -> dict:
+        request: dict[str, Any] = {"key": self.key}
+        if self.operation == "upsert":
+            request["value"] = self.value
+        if self.etag is not None:
+            request["etag"] = self.etag
+        if self.metadata:
+            request["metadata"] = self.metadata
+        if self.options:
+            request["options"] = self.options
+        return {"operation": self.operation, "request": request}
+
+
+def _options(concurrency: str | None, consistency: str | None) -> dict[str, str] | None:
+    options = {}
+    if concurrency:
+        options["concurrency"] = concurrency
+    if consistency:
+        options["consistency"] = consistency
+    return options or None
+
+
+def upsert(key: str, value: Any, *, etag: str | None = None, concurrency: str | None = None,
+           consistency: str | None = None, metadata: dict[str, str] | None = None) -> Operation:
+    return Operation("upsert", key, value, etag, metadata, _options(concurrency, consistency))
+
+
+def remove(key: str, *, etag: str | None = None, metadata: dict[str, str] | None = None) -> Operation:
+    return Operation("delete", key, etag=etag, metadata=metadata)
+
+
+def _error_for(resp: requests.Response) -> DaprError:
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        code = str(body.get("errorCode", ""))
+        message = str(body.get("message", ""))
+    else:
+        code, message = "", resp.text.strip()
+    status = resp.status_code
+    if status == 401:
+        cls: type[DaprError] = Unauthorized
+    elif status == 409:
+        cls = ETagMismatch
+    elif code == "ERR_STATE_STORE_NOT_FOUND":
+        cls = StoreNotFound
+    elif code == "ERR_STATE_STORE_NOT_CONFIGURED":
+        cls = StoreNotConfigured
+    elif code == "ERR_STATE_TRANSACTION":
+        cls = TransactionFailed
+    elif status == 400 and code in ("ERR_STATE_SAVE", "ERR_STATE_DELETE"):
+        cls = ETagInvalid
+    elif code == "ERR_MALFORMED_REQUEST":
+        cls = MalformedRequest
+    else:
+        cls = DaprError
+    return cls(message or resp.reason, status=status, error_code=code, body=body)
+
+
+class StateClient:
+    """``StateClient().save("statestore", "k", {"n": 1})`` and friends; see the module docstring."""
+
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        *,
+        api_token: str | None = None,
+        timeout: float = 10.0,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.endpoint = (endpoint or default_endpoint()).rstrip("/")
+        token = api_token if api_token is not None else os.environ.get("DAPR_API_TOKEN", "")
+        self.timeout = timeout
+        self.session = session or requests.Session()
+        self.headers = {"dapr-api-token": token} if token else {}
+
+    # --- plumbing --------------------------------------------------------------------------------
+
+    def request(self, method: str, path: str, *, params: dict | None = None, json_body: Any = None,
+                headers: dict | None = None, data: bytes | None = None) -> requests.Response:
+        """One HTTP call; connection problems become ``SidecarUnavailable`` / ``SidecarTimeout``."""
+        merged = {**self.headers, **(headers or {})}
+        body = data
+        if json_body is not None:
+            body = json.dumps(json_body, separators=(",", ":")).encode()
+            merged.setdefault("Content-Type", "application/json")
+        try:
+            return self.session.request(
+                method, self.endpoint + path, params=params, data=body, headers=merged, timeout=self.timeout
+            )
+        except requests.Timeout as exc:
+            raise SidecarTimeout(f"no answer from {self.endpoint} within {self.timeout:g}s: {exc}") from None
+        except requests.ConnectionError as exc:
+            raise SidecarUnavailable(f"cannot reach the Dapr sidecar at {self.endpoint}: {exc}") from None
+
+    def _check(self, resp: requests.Response, *ok: int) -> requests.Response:
+        if resp.status_code not in ok:
+            raise _error_for(resp)
+        return resp
+
+    @staticmethod
+    def _state_path(store: str, key: str | None = None) -> str:
+        path = f"/v1.0/state/{quote(store, safe='')}"
+        return path if key is None else f"{path}/{quote(key, safe='')}"
+
+    @staticmethod
+    def _params(metadata: dict[str, str] | None, **plain: str | None) -> dict[str, str]:
+        params = {k: v for k, v in plain.items() if v}
+        for name, value in (metadata or {}).items():
+            params[f"metadata.{name}"] = value
+        return params
+
+    # --- state API -------------------------------------------------------------------------------
+
+    def save(self, store: str, key: str, value: Any, *, etag: str | None = None, concurrency: str | None = None,
+             consistency: str | None = None, metadata: dict[str, str] | None = None) -> None:
+        item: dict[str, Any] = {"key": key, "value": value}
+        if etag is not None:
+            item["etag"] = etag
+        if metadata:
+            item["metadata"] = metadata
+        options = _options(concurrency, consistency)
+        if options:
+            item["options"] = options
+        self.save_many(store, [item])
+
+    def save_many(self, store: str, items: Iterable[dict], *, metadata: dict[str, str] | None = None) -> None:
+        """Save several items in one request (daprd writes them independently, not atomically)."""
+        resp = self.request("POST", self._state_path(store), params=self._params(metadata), json_body=list(items))
+        self._check(resp, 204)
+
+    def get(self, store: str, key: str, *, consistency: str | None = None,
+            metadata: dict[str, str] | None = None) -> State | None:
+        """The stored value with its ETag, or None when the key is missing (daprd answers 204)."""
+        resp = self._check(
+            self.request("GET", self._state_path(store, key), params=self._params(metadata, consistency=consistency)),
+            200, 204,
+        )
+        if resp.status_code == 204:
+            return None
+        meta = {k[len("metadata."):]: v for k, v in resp.headers.items() if k.lower().startswith("metadata.")}
+        return State(key, _decode(resp.content), resp.headers.get("ETag"), meta, resp.content)
+
+    def get_bulk(self, store: str, keys: list[str], *, parallelism: int | None = None,
+                 metadata: dict[str, str] | None = None) -> list[State | None]:
+        """One entry per key in request order: a ``State`` or None when missing."""
+        body: dict[str, Any] = {"keys": keys}
+        if parallelism is not None:
+            body["parallelism"] = parallelism
+        resp = self._check(
+            self.request("POST", self._state_path(store) + "/bulk", params=self._params(metadata), json_body=body), 200
+        )
+        by_key: dict[str, State | None] = {}
+        for item in resp.json():
+            if item.get("error"):
+                raise DaprError(f"bulk get of {item['key']!r} failed: {item['error']}", status=200)
+            if "data" in item or "etag" in item:
+                raw = json.dumps(item.get("data")).encode()
+                by_key[item["key"]] = State(item["key"], item.get("data"), item.get("etag"), item.get("metadata") or {}, raw)
+            else:
+                by_key[item["key"]] = None
+        return [by_key.get(k) for k in keys]
+
+    def delete(self, store: str, key: str, *, etag: str | None = None, concurrency: str | None = None,
+               consistency: str | None = None, metadata: dict[str, str] | None = None) -> None:
+        headers = {"If-Match": etag} if etag else None
+        params = self._params(metadata, concurrency=concurrency, consistency=consistency)
+        self._check(self.request("DELETE", self._state_path(store, key), params=params, headers=headers), 204)
+
+    def transaction(self, store: str, operations: Iterable[Operation | dict], *,
+                    metadata: dict[str, str] | None = None) -> None:
+        ops = [op.to_json() if isinstance(op, Operation) else op for op in operations]
+        body: dict[str, Any] = {"operations": ops}
+        if metadata:
+            body["metadata"] = metadata
+        self._check(self.request("POST", self._state_path(store) + "/transaction", json_body=body), 204)
+
+    # --- sidecar ---------------------------------------------------------------------------------
+
+    def metadata(self) -> dict:
+        return self._check(self.request("GET", "/v1.0/metadata"), 200).json()
+
+    def healthy(self) -> bool:
+        try:
+            return self.request("GET", "/v1.0/healthz/outbound").status_code == 204
+        except SidecarUnavailable:
+            return False
+
+    def wait_until_ready(self, timeout: float = 30.0) -> None:
+        """Poll ``/v1.0/healthz/outbound`` as the Python SDK does; raise ``SidecarUnavailable`` on timeout."""
+        deadline = time.monotonic() + timeout
+        while not self.healthy():
+            if time.monotonic() > deadline:
+                raise SidecarUnavailable(f"the Dapr sidecar at {self.endpoint} did not become ready in {timeout:g}s")
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> StateClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _decode(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw

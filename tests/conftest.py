@@ -1,0 +1,107 @@
+"""Shared fixtures: real sidecar processes on each store, on random free ports.
+
+``api`` is parametrised over the three stores, so every test that takes it runs three times against
+a real sidecar: in-memory, a SQLite file, and Redis with one replica. The stacks are started once per
+session; tests keep apart by using fresh keys (``api.key()``).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+import requests
+
+from statelab import local
+from statelab.client import StateClient
+from statelab.local import Stack
+
+STORES = ("in-memory", "sqlite", "redis")
+STORE_NAME = "statestore"
+APP_ID = "myapp"
+
+
+def free_port_base(count: int) -> int:
+    """First of ``count`` consecutive free ports, at random below Linux's ephemeral range."""
+    for _ in range(200):
+        base = random.randrange(20000, 32000 - count)
+        if all(local.port_is_free(port) for port in range(base, base + count)):
+            return base
+    raise RuntimeError(f"no {count} consecutive free ports found")
+
+
+def make_stack(run_dir: Path, **kwargs: object) -> Stack:
+    """A Stack on fresh random ports in run_dir (not started)."""
+    defaults: dict[str, object] = {
+        "http_port": free_port_base(4),
+        "redis_port": free_port_base(4),
+        "run_dir": run_dir,
+    }
+    return Stack(**{**defaults, **kwargs})  # type: ignore[arg-type]
+
+
+def wait_until(condition: Callable[[], object], timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return False
+
+
+@dataclass
+class Target:
+    """One running sidecar on one store, with raw HTTP access and (for Redis) direct store access."""
+
+    store: str
+    stack: Stack
+    url: str
+    http: requests.Session
+
+    def key(self, hint: str = "k") -> str:
+        return f"{hint}-{uuid.uuid4().hex[:10]}"
+
+    def state_url(self, key: str | None = None, store: str = STORE_NAME) -> str:
+        base = f"{self.url}/v1.0/state/{store}"
+        return base if key is None else f"{base}/{key}"
+
+    def client(self, **kwargs: object) -> StateClient:
+        return StateClient(self.url, **kwargs)  # type: ignore[arg-type]
+
+    def redis(self, index: int = 0) -> redis.Redis:
+        return redis.Redis.from_url(self.stack.redis_url(index))
+
+    def save(self, *items: dict, **kwargs: object) -> requests.Response:
+        return self.http.post(self.state_url(), json=list(items), **kwargs)  # type: ignore[arg-type]
+
+    def get(self, key: str, **kwargs: object) -> requests.Response:
+        return self.http.get(self.state_url(key), **kwargs)  # type: ignore[arg-type]
+
+    def delete(self, key: str, **kwargs: object) -> requests.Response:
+        return self.http.delete(self.state_url(key), **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def stacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Stack]]:
+    started: dict[str, Stack] = {}
+    try:
+        for store in STORES:
+            stack = make_stack(tmp_path_factory.mktemp(f"stack-{store}"), store=store, replicas=1, app_id=APP_ID)
+            started[store] = stack.start()
+        yield started
+    finally:
+        for stack in started.values():
+            stack.stop()
+
+
+@pytest.fixture(params=STORES)
+def api(request: pytest.FixtureRequest, stacks: dict[str, Stack]) -> Iterator[Target]:
+    stack = stacks[request.param]
+    with requests.Session() as http:
+        yield Target(request.param, stack, stack.endpoint, http)
