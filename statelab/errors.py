@@ -57,6 +57,10 @@ class TransactionFailed(StoreError):
     """500 ``ERR_STATE_TRANSACTION``: daprd reports every transaction failure this way, ETag ones too."""
 
 
+class StackError(StatelabError, RuntimeError):
+    """The local stack could not be started or changed: a busy port, a missing binary, a dead process."""
+
+
 class ComponentError(StatelabError):
     """A component YAML could not be loaded or its metadata is invalid."""
 

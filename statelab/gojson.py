@@ -14,6 +14,7 @@ import math
 from decimal import Decimal
 from typing import Any
 
+
 class GoJSONError(ValueError):
     """A body Go's decoder would reject; the message imitates Go's wording."""
 

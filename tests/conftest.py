@@ -37,16 +37,23 @@ def free_port_base(count: int) -> int:
 
 
 def make_stack(run_dir: Path, **kwargs: object) -> Stack:
-    """A Stack on fresh random ports in run_dir (not started)."""
-    defaults: dict[str, object] = {
-        "http_port": free_port_base(4),
-        "redis_port": free_port_base(4),
-        "run_dir": run_dir,
-    }
+    """A Stack on fresh random ports in run_dir (not started): up to 4 sidecars and 4 Redis servers."""
+    base = free_port_base(8)  # one block, so sidecar and Redis ports cannot overlap
+    defaults: dict[str, object] = {"http_port": base, "redis_port": base + 4, "run_dir": run_dir}
     return Stack(**{**defaults, **kwargs})  # type: ignore[arg-type]
 
 
+def process_gone(pid: int) -> bool:
+    """True if no process with this pid is running (a zombie counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat[stat.rindex(")") + 2] == "Z"
+
+
 def wait_until(condition: Callable[[], object], timeout: float, interval: float = 0.05) -> bool:
+    """Poll ``condition()`` for up to ``timeout`` seconds; True as soon as it holds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():

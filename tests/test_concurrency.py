@@ -12,8 +12,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from conftest import STORE_NAME, make_stack
 
-from conftest import STORE_NAME
 from statelab.client import FIRST_WRITE, LAST_WRITE, StateClient
 from statelab.errors import ETagMismatch
 
@@ -69,20 +69,18 @@ def test_last_write_without_etag_loses_updates(api):
     assert final >= INCREMENTS
 
 
-def test_three_sidecars_on_one_store_keep_the_count_exact(tmp_path):
-    from conftest import make_stack
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+def test_three_sidecars_on_one_store_keep_the_count_exact(tmp_path, store):
+    with make_stack(tmp_path, store=store, sidecars=3, replicas=0) as stack:
+        key = "counter"
+        StateClient(stack.endpoints[0]).save(STORE_NAME, key, 0)
 
-    for store in ("sqlite", "redis"):
-        with make_stack(tmp_path / store, store=store, sidecars=3, replicas=0) as stack:
-            key = f"counter-{store}"
-            StateClient(stack.endpoints[0]).save(STORE_NAME, key, 0)
+        def writer(seed: int) -> int:
+            rng = random.Random(seed)
+            with StateClient(stack.endpoints[seed % 3]) as client:  # writers spread over the 3 app instances
+                return sum(_increment(client, key, FIRST_WRITE, True, rng) for _ in range(20))
 
-            def writer(seed: int) -> int:
-                rng = random.Random(seed)
-                with StateClient(stack.endpoints[seed % 3]) as client:
-                    return sum(_increment(client, key, FIRST_WRITE, True, rng) for _ in range(20))
-
-            with ThreadPoolExecutor(12) as pool:
-                list(pool.map(writer, range(12)))
-            for endpoint in stack.endpoints:
-                assert StateClient(endpoint).get(STORE_NAME, key).value == 12 * 20
+        with ThreadPoolExecutor(12) as pool:
+            list(pool.map(writer, range(12)))
+        for endpoint in stack.endpoints:
+            assert StateClient(endpoint).get(STORE_NAME, key).value == 12 * 20

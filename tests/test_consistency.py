@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from conftest import STORE_NAME, make_stack
+
 from statelab.client import StateClient
 
 pytestmark = pytest.mark.slow

@@ -13,8 +13,8 @@ import threading
 import time
 
 import pytest
-
 from conftest import STORE_NAME, make_stack, wait_until
+
 from statelab.client import StateClient
 from statelab.errors import DaprError
 
@@ -64,9 +64,9 @@ def _assert_all_acknowledged_present(url: str, acked: list[int]) -> None:
     client = StateClient(url)
     keys = [f"durable-{n}" for n in acked]
     found = client.get_bulk(STORE_NAME, keys)
-    missing = [k for k, s in zip(keys, found) if s is None]
+    missing = [k for k, s in zip(keys, found, strict=False) if s is None]
     assert missing == []
-    assert all(s.value == {"n": n} for n, s in zip(acked, found))
+    assert all(s.value == {"n": n} for n, s in zip(acked, found, strict=False))
 
 
 def test_sqlite_keeps_every_acknowledged_write_across_sidecar_kill(tmp_path):

@@ -14,7 +14,6 @@ import uuid
 
 import pytest
 import requests
-
 from conftest import STORE_NAME
 
 pytestmark = pytest.mark.usefixtures("stacks")

@@ -10,8 +10,9 @@ import hmac
 import json
 import logging
 import posixpath
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 from urllib.parse import parse_qsl, unquote_plus
 
 from statelab import __version__, gojson
@@ -68,15 +69,15 @@ def _resource_info(store: str) -> dict:
 
 def illegal_key(key: str, store: str, field: str) -> Response:
     message = f"api error: code = InvalidArgument desc = input key/keyPrefix '{key}' can't contain '||'"
+    violation = {"description": message}
+    if field:  # protobuf JSON leaves out an empty field
+        violation["field"] = field
     return error(
         400,
         "ERR_MALFORMED_REQUEST",
         message,
         [
-            {
-                "@type": "type.googleapis.com/google.rpc.BadRequest",
-                "field_violations": [{"description": message, "field": field}],
-            },
+            {"@type": "type.googleapis.com/google.rpc.BadRequest", "field_violations": [violation]},
             _resource_info(store),
             _error_info("DAPR_STATE_ILLEGAL_KEY", None),
         ],
@@ -215,9 +216,8 @@ class StateAPI:
 
     def _key(self, store: Store, key: str, in_transaction: bool = False) -> str:
         if "||" in key:
-            # daprd's transaction handler blanks the key before reporting it, hence '' there.
-            shown = "" if in_transaction else key
-            raise _BadRequest(illegal_key(shown, store.component.name, shown))
+            # daprd's transaction handler blanks the key before it fills in the violation's field.
+            raise _BadRequest(illegal_key(key, store.component.name, "" if in_transaction else key))
         return store.prefix + key
 
     def _body(self, req: Request, *, wrap: bool) -> Any:

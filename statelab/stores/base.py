@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, ClassVar, Sequence, Union
+from typing import Any, ClassVar
 
 from statelab.errors import InvalidRequestOption
 
@@ -47,7 +48,7 @@ class DeleteRequest:
         return self.etag is not None and self.etag != ""
 
 
-Operation = Union[SetRequest, DeleteRequest]
+Operation = SetRequest | DeleteRequest
 
 
 @dataclass

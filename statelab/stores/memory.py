@@ -11,7 +11,8 @@ import asyncio
 import contextlib
 import time
 import uuid
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from statelab import gojson
 from statelab.errors import ETagMismatch, InvalidRequestOption
@@ -122,7 +123,7 @@ class MemoryStore(StateStore):
             self._check_set(op) if isinstance(op, SetRequest) else self._check_delete(op, validate_options=False)
             for op in ops
         ]
-        for op, ttl in zip(ops, ttls):
+        for op, ttl in zip(ops, ttls, strict=False):
             if isinstance(op, SetRequest):
                 self._apply_set(op, ttl)
             else:

@@ -11,7 +11,8 @@ written with first-write refuses later writes without an ETag, and ``consistency
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -20,6 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from statelab import gojson
+from statelab.components import parse_duration
 from statelab.errors import ComponentError, ETagInvalid, ETagMismatch, InvalidRequestOption, StoreError
 from statelab.stores.base import (
     FIRST_WRITE,
@@ -34,7 +36,6 @@ from statelab.stores.base import (
     check_options,
     parse_ttl,
 )
-from statelab.components import parse_duration
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ class RedisStore(StateStore):
                 results = await pipe.execute(raise_on_error=False)
             except Exception as exc:
                 raise StoreError(_describe(exc)) from None
-        for key, fields in zip(keys, results):
+        for key, fields in zip(keys, results, strict=False):
             if isinstance(fields, Exception):
                 if isinstance(fields, ResponseError):
                     try:

@@ -17,8 +17,9 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from statelab import gojson
 from statelab.components import parse_duration
@@ -265,7 +266,7 @@ class SQLiteStore(StateStore):
         def run(c: sqlite3.Connection) -> None:
             c.execute("BEGIN IMMEDIATE")
             try:
-                for op, ttl in zip(ops, ttls):
+                for op, ttl in zip(ops, ttls, strict=False):
                     if isinstance(op, SetRequest):
                         self._write(c, op, ttl)
                     else:
