@@ -36,7 +36,7 @@ def free_port_base(count: int) -> int:
     raise RuntimeError(f"no {count} consecutive free ports found")
 
 
-def make_stack(run_dir: Path, **kwargs: object) -> Stack:
+def make_stack(run_dir: Path | None, **kwargs: object) -> Stack:
     """A Stack on fresh random ports in run_dir (not started): up to 4 sidecars and 4 Redis servers."""
     base = free_port_base(8)  # one block, so sidecar and Redis ports cannot overlap
     defaults: dict[str, object] = {"http_port": base, "redis_port": base + 4, "run_dir": run_dir}

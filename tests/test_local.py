@@ -30,7 +30,7 @@ from statelab.local import Stack
 
 def make_stack(tmp_path: Path, **kwargs: object) -> Stack:
     """A Stack on fresh ports in tmp_path/run (not started)."""
-    return conftest_make_stack(tmp_path / "run", **kwargs)
+    return conftest_make_stack(**{"run_dir": tmp_path / "run", **kwargs})  # type: ignore[arg-type]
 
 
 @pytest.fixture
