@@ -1,0 +1,131 @@
+"""statelab.client against the real sidecar: typed errors, the SDK environment variables, every call."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import STORE_NAME
+
+from statelab.client import StateClient, default_endpoint, remove, upsert
+from statelab.errors import (
+    DaprError,
+    ETagInvalid,
+    ETagMismatch,
+    MalformedRequest,
+    SidecarUnavailable,
+    StoreNotFound,
+    TransactionFailed,
+    Unauthorized,
+)
+
+
+def test_save_get_delete_round_trip(api):
+    client = api.client()
+    key = api.key()
+    client.save(STORE_NAME, key, {"name": "Ada", "visits": 3})
+    state = client.get(STORE_NAME, key)
+    assert state.value == {"name": "Ada", "visits": 3}
+    assert state.etag
+    client.delete(STORE_NAME, key, etag=state.etag)
+    assert client.get(STORE_NAME, key) is None
+
+
+def test_stale_etag_raises_etag_mismatch_with_status_and_code(api):
+    client = api.client()
+    key = api.key()
+    client.save(STORE_NAME, key, 1)
+    stale = client.get(STORE_NAME, key).etag
+    client.save(STORE_NAME, key, 2)
+    with pytest.raises(ETagMismatch) as info:
+        client.save(STORE_NAME, key, 3, etag=stale, concurrency="first-write")
+    assert info.value.status == 409
+    assert info.value.error_code == "ERR_STATE_SAVE"
+    with pytest.raises(ETagMismatch):
+        client.delete(STORE_NAME, key, etag=stale)
+    assert client.get(STORE_NAME, key).value == 2
+
+
+@pytest.mark.parametrize("api", ["redis"], indirect=True)
+def test_non_numeric_etag_on_redis_raises_etag_invalid(api):
+    client = api.client()
+    key = api.key()
+    client.save(STORE_NAME, key, 1)
+    with pytest.raises(ETagInvalid) as info:
+        client.save(STORE_NAME, key, 2, etag="not-a-number")
+    assert info.value.status == 400
+
+
+def test_unknown_store_and_bad_key_raise_their_own_errors(api):
+    client = api.client()
+    with pytest.raises(StoreNotFound) as info:
+        client.get("no-such-store", "k")
+    assert info.value.status == 400
+    with pytest.raises(MalformedRequest):
+        client.save(STORE_NAME, "a||b", 1)
+
+
+def test_transaction_and_bulk_get(api):
+    client = api.client()
+    a, b, c = api.key("a"), api.key("b"), api.key("c")
+    client.save(STORE_NAME, c, "old")
+    client.transaction(STORE_NAME, [upsert(a, 1), upsert(b, {"x": 2}), remove(c)])
+    got = client.get_bulk(STORE_NAME, [a, b, c])
+    assert [s.value if s else None for s in got] == [1, {"x": 2}, None]
+
+
+def test_failed_transaction_raises_transaction_failed(api):
+    client = api.client()
+    key = api.key()
+    client.save(STORE_NAME, key, 1)
+    with pytest.raises(TransactionFailed) as info:
+        client.transaction(STORE_NAME, [upsert(key, 2, etag="999999")])
+    assert info.value.status == 500
+
+
+def test_ttl_metadata_comes_back_on_stores_that_report_it(api):
+    client = api.client()
+    key = api.key()
+    client.save(STORE_NAME, key, "short-lived", metadata={"ttlInSeconds": "60"})
+    state = client.get(STORE_NAME, key)
+    assert ("ttlExpireTime" in state.metadata) == (api.store != "redis")
+
+
+def test_metadata_lists_the_store(api):
+    meta = api.client().metadata()
+    assert meta["id"] == "myapp"
+    assert [c["name"] for c in meta["components"]] == [STORE_NAME]
+
+
+def test_endpoint_comes_from_the_sdk_environment_variables(monkeypatch):
+    monkeypatch.delenv("DAPR_HTTP_ENDPOINT", raising=False)
+    monkeypatch.delenv("DAPR_HTTP_PORT", raising=False)
+    monkeypatch.delenv("DAPR_RUNTIME_HOST", raising=False)
+    assert default_endpoint() == "http://127.0.0.1:3500"
+    monkeypatch.setenv("DAPR_HTTP_PORT", "3612")
+    assert default_endpoint() == "http://127.0.0.1:3612"
+    monkeypatch.setenv("DAPR_HTTP_ENDPOINT", "http://dapr.example:80/")
+    assert default_endpoint() == "http://dapr.example:80"
+
+
+def test_api_token_is_sent_from_the_environment(tmp_path, monkeypatch):
+    from conftest import make_stack
+
+    with make_stack(tmp_path, store="in-memory", api_token="tok3n") as stack:
+        monkeypatch.delenv("DAPR_API_TOKEN", raising=False)
+        with pytest.raises(Unauthorized) as info:
+            StateClient(stack.endpoint).get(STORE_NAME, "k")
+        assert info.value.status == 401
+        monkeypatch.setenv("DAPR_API_TOKEN", "tok3n")
+        StateClient(stack.endpoint).save(STORE_NAME, "k", 1)
+        assert StateClient(stack.endpoint).get(STORE_NAME, "k").value == 1
+
+
+def test_unreachable_sidecar_raises_sidecar_unavailable():
+    from conftest import free_port_base
+
+    client = StateClient(f"http://127.0.0.1:{free_port_base(1)}", timeout=2)
+    with pytest.raises(SidecarUnavailable):
+        client.get(STORE_NAME, "k")
+    assert not client.healthy()
+    with pytest.raises(SidecarUnavailable):
+        client.wait_until_ready(timeout=0.3)
+    assert issubclass(SidecarUnavailable, DaprError)
