@@ -248,6 +248,15 @@ class StateClient:
             body["metadata"] = metadata
         self._check(self.request("POST", self._state_path(store) + "/transaction", json_body=body), 204)
 
+    def wait_until_missing(self, store: str, key: str, *, timeout: float = 30.0, interval: float = 0.1) -> float:
+        """Poll until ``key`` reads as missing (e.g. its TTL ran out); return the seconds it took."""
+        started = time.monotonic()
+        while self.get(store, key) is not None:
+            if time.monotonic() - started > timeout:
+                raise TimeoutError(f"{key!r} still present after {timeout:g}s")
+            time.sleep(interval)
+        return time.monotonic() - started
+
     # --- sidecar ---------------------------------------------------------------------------------
 
     def metadata(self) -> dict:

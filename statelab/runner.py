@@ -1,0 +1,139 @@
+"""Headless notebook runs: papermill with small CI parameters, an HTML rendering, a summary line each.
+
+``./scripts/run-notebooks`` is a thin wrapper around ``main``. Each notebook runs in a fresh kernel with
+its ``parameters`` cell overridden (``interactive=False`` and the chosen store), a per-cell timeout, and
+``STATELAB_OUTPUT_DIR`` pointing at the output folder so its ``Metrics`` land beside the executed copy.
+A run fails on any error output, including a traceback printed to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUTPUT = ROOT / "build" / "notebooks"
+
+# Parameters every notebook accepts; notebooks ignore none of them (hygiene test checks they exist).
+COMMON_PARAMETERS: dict[str, Any] = {"endpoint": None, "interactive": False, "seed": 7}
+
+
+@dataclass
+class Result:
+    notebook: Path
+    ok: bool
+    seconds: float
+    error: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def line(self) -> str:
+        status = "ok  " if self.ok else "FAIL"
+        summary = ", ".join(f"{k}={_short(v)}" for k, v in list(self.metrics.items())[:6])
+        tail = f" — {self.error}" if self.error else (f" — {summary}" if summary else "")
+        return f"{status} {self.notebook.name:<40} {self.seconds:6.1f}s{tail}"
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 24 else text[:21] + "..."
+
+
+def discover(paths: list[str]) -> list[Path]:
+    if not paths:
+        return sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    found: list[Path] = []
+    for p in map(Path, paths):
+        found += sorted(p.glob("[0-9][0-9]_*.ipynb")) if p.is_dir() else [p]
+    return found
+
+
+def error_outputs(nb: Any) -> list[str]:
+    """Error outputs and stderr tracebacks in an executed notebook, as short texts."""
+    problems = []
+    for i, cell in enumerate(nb.cells):
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                problems.append(f"cell {i}: {out.get('ename')}: {out.get('evalue')}")
+            elif out.get("output_type") == "stream" and out.get("name") == "stderr" and "Traceback" in out.get("text", ""):
+                problems.append(f"cell {i}: traceback on stderr")
+    return problems
+
+
+def run_one(path: Path, output: Path, *, store: str, cell_timeout: int, extra: dict[str, Any]) -> Result:
+    import nbformat
+    import papermill
+
+    output.mkdir(parents=True, exist_ok=True)
+    executed = output / path.name
+    params = {**COMMON_PARAMETERS, "store": store, **extra}
+    os.environ["STATELAB_OUTPUT_DIR"] = str(output)
+    started = time.monotonic()
+    error = ""
+    try:
+        papermill.execute_notebook(
+            str(path),
+            str(executed),
+            parameters=params,
+            cwd=str(path.parent),
+            kernel_name="python3",
+            execution_timeout=cell_timeout,
+            progress_bar=False,
+            log_output=False,
+        )
+    except Exception as exc:  # noqa: BLE001 - reported per notebook, the run goes on
+        error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    seconds = time.monotonic() - started
+    if executed.exists():
+        nb = nbformat.read(executed, as_version=4)
+        problems = error_outputs(nb)
+        if problems and not error:
+            error = "; ".join(problems[:3])
+        _write_html(nb, executed.with_suffix(".html"))
+    metrics_file = output / f"{path.stem}.metrics.json"
+    metrics = json.loads(metrics_file.read_text())["metrics"] if metrics_file.exists() else {}
+    return Result(path, not error, seconds, error, metrics)
+
+
+def _write_html(nb: Any, target: Path) -> None:
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter().from_notebook_node(nb)
+    target.write_text(body, encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="run-notebooks", description=__doc__)
+    parser.add_argument("paths", nargs="*", help="notebooks or folders (default: notebooks/)")
+    parser.add_argument("--store", default="redis", choices=["redis", "sqlite", "in-memory"])
+    parser.add_argument("--output", default=str(DEFAULT_OUTPUT))
+    parser.add_argument("--cell-timeout", type=int, default=180, help="seconds per cell")
+    parser.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=JSON",
+                        help="extra parameter for every notebook, e.g. -p samples=20")
+    args = parser.parse_args(argv)
+    extra = {}
+    for item in args.parameter:
+        name, _, value = item.partition("=")
+        extra[name] = json.loads(value)
+    notebooks = discover(args.paths)
+    if not notebooks:
+        print("run-notebooks: no notebooks found", file=sys.stderr)
+        return 2
+    results = []
+    for nb in notebooks:
+        result = run_one(nb, Path(args.output), store=args.store, cell_timeout=args.cell_timeout, extra=extra)
+        print(result.line(), flush=True)
+        results.append(result)
+    failed = [r for r in results if not r.ok]
+    total = sum(r.seconds for r in results)
+    print(f"{len(results) - len(failed)} passed, {len(failed)} failed in {total:.1f}s (outputs in {args.output})")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

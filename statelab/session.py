@@ -1,0 +1,132 @@
+"""What a notebook's setup cell calls: connect to a Dapr sidecar, or start the local stack.
+
+``open_session(endpoint)`` uses, in order: the ``endpoint`` argument, ``DAPR_HTTP_ENDPOINT`` (a real
+``dapr run`` sidecar, or the stack that ``./scripts/lab`` started), else it starts a local stack of its
+own on the first free ports from 3500 up, which stops when the kernel exits. Either way the lesson
+talks to the sidecar over the Dapr HTTP API only, so it runs the same against real Dapr.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from statelab.client import StateClient
+from statelab.errors import SidecarUnavailable, StackError
+
+log = logging.getLogger(__name__)
+
+STORE_NAME = "statestore"  # the component name `dapr init` uses, and every profile in components/
+
+
+@dataclass
+class Session:
+    """A connected sidecar. ``stack`` is the local stack when this session started one, else None."""
+
+    endpoint: str
+    store_name: str = STORE_NAME
+    stack: object | None = None  # statelab.local.Stack, kept untyped so real-Dapr mode never imports it
+    client: StateClient = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.client = StateClient(self.endpoint)
+
+    @property
+    def local(self) -> bool:
+        """True when the sidecar is one this session started (so Redis and its replicas are reachable)."""
+        return self.stack is not None
+
+    @property
+    def store_type(self) -> str:
+        """The component type of ``store_name`` as the sidecar reports it (``state.redis``, ...)."""
+        for comp in self.client.metadata().get("components", []):
+            if comp.get("name") == self.store_name:
+                return str(comp.get("type", ""))
+        return ""
+
+    def describe(self) -> str:
+        if self.stack is not None:
+            return "Started " + self.stack.describe()  # type: ignore[attr-defined]
+        meta = self.client.metadata()
+        runtime = meta.get("runtimeVersion", "?")
+        kind = "the statelab sidecar" if str(runtime).startswith("statelab") else f"Dapr {runtime}"
+        return f"Connected to {kind} at {self.endpoint} (app id {meta.get('id', '?')}, store type {self.store_type})"
+
+    def __repr__(self) -> str:
+        return self.describe()
+
+    def peek(self, key: str) -> dict:
+        """What the store itself holds for ``key`` (local stack only): the Redis hash or the SQLite row.
+
+        This reads the store directly, around the sidecar, to show Dapr's layout (``myapp||key``).
+        """
+        if self.stack is None:
+            raise StackError("peeking into the store needs the local stack; a real sidecar's store is not ours to open")
+        stack = self.stack
+        full_key = f"{stack.app_id}||{key}"  # type: ignore[attr-defined]
+        if stack.store == "redis":  # type: ignore[attr-defined]
+            import redis
+
+            r = redis.Redis.from_url(stack.redis_url(0))  # type: ignore[attr-defined]
+            fields = {k.decode(): v.decode("utf-8", "replace") for k, v in r.hgetall(full_key).items()}
+            return {"redis key": full_key, "type": r.type(full_key).decode(), "fields": fields, "ttl": r.ttl(full_key)}
+        if stack.store == "sqlite":  # type: ignore[attr-defined]
+            import sqlite3
+
+            db = Path(stack.run_dir) / "state.db"  # type: ignore[attr-defined]
+            with sqlite3.connect(db) as conn:
+                conn.row_factory = sqlite3.Row
+                row = conn.execute("SELECT * FROM state WHERE key = ?", (full_key,)).fetchone()
+            return {"sqlite file": str(db), "row": dict(row) if row else None}
+        raise StackError("the in-memory store lives inside the sidecar process: there is nothing to open")
+
+    def close(self) -> None:
+        self.client.close()
+        if self.stack is not None:
+            self.stack.stop()  # type: ignore[attr-defined]
+
+
+def open_session(
+    endpoint: str | None = None,
+    *,
+    store: str = "redis",
+    replicas: int = 1,
+    sidecars: int = 1,
+    app_id: str = "myapp",
+    run_dir: str | os.PathLike | None = None,
+) -> Session:
+    """Connect (endpoint or ``DAPR_HTTP_ENDPOINT``) or start a local stack; wait until the sidecar is ready."""
+    endpoint = endpoint or os.environ.get("DAPR_HTTP_ENDPOINT") or None
+    if endpoint:
+        session = Session(endpoint.rstrip("/"))
+        session.client.wait_until_ready(timeout=30)
+        return session
+    stack = _start_local_stack(store, replicas, sidecars, app_id, Path(run_dir) if run_dir else None)
+    session = Session(stack.endpoint, stack=stack)
+    try:
+        session.client.wait_until_ready(timeout=30)
+    except SidecarUnavailable:
+        stack.stop()
+        raise
+    return session
+
+
+def _start_local_stack(store: str, replicas: int, sidecars: int, app_id: str, run_dir: Path | None):
+    """A Stack on the first free block of the fixed ports: 3500/6380, else 3510/6390, ... (never ephemeral)."""
+    from statelab.local import Stack, port_is_free
+
+    for step in range(0, 200, 10):
+        stack = Stack(
+            store=store,  # type: ignore[arg-type]
+            replicas=replicas,
+            sidecars=sidecars,
+            app_id=app_id,
+            http_port=3500 + step,
+            redis_port=6380 + step,
+            run_dir=run_dir,
+        )
+        if all(port_is_free(p) for p in stack.ports):
+            return stack.start()
+    raise StackError("no free ports for a local stack between 3500 and 3700 / 6380 and 6580")
