@@ -58,12 +58,14 @@ class Session:
         return self.describe()
 
     def peek(self, key: str) -> dict:
-        """What the store itself holds for ``key`` (local stack only): the Redis hash or the SQLite row.
+        """What the store itself holds for ``key``: the Redis hash or the SQLite row, read around the sidecar.
 
-        This reads the store directly, around the sidecar, to show Dapr's layout (``myapp||key``).
+        Always returns a dict with ``key`` (the stored key, e.g. ``myapp||order-1``, or None) and ``where``;
+        when the store cannot be opened from here (a real sidecar, the in-memory store) ``note`` says why.
         """
         if self.stack is None:
-            raise StackError("peeking into the store needs the local stack; a real sidecar's store is not ours to open")
+            return {"key": None, "where": self.endpoint,
+                    "note": "a real sidecar's store is not ours to open; this needs the local stack"}
         stack = self.stack
         full_key = f"{stack.app_id}||{key}"  # type: ignore[attr-defined]
         if stack.store == "redis":  # type: ignore[attr-defined]
@@ -71,7 +73,8 @@ class Session:
 
             r = redis.Redis.from_url(stack.redis_url(0))  # type: ignore[attr-defined]
             fields = {k.decode(): v.decode("utf-8", "replace") for k, v in r.hgetall(full_key).items()}
-            return {"redis key": full_key, "type": r.type(full_key).decode(), "fields": fields, "ttl": r.ttl(full_key)}
+            return {"key": full_key, "where": stack.redis_url(0), "type": r.type(full_key).decode(),  # type: ignore[attr-defined]
+                    "fields": fields, "ttl": r.ttl(full_key)}
         if stack.store == "sqlite":  # type: ignore[attr-defined]
             import sqlite3
 
@@ -79,8 +82,9 @@ class Session:
             with sqlite3.connect(db) as conn:
                 conn.row_factory = sqlite3.Row
                 row = conn.execute("SELECT * FROM state WHERE key = ?", (full_key,)).fetchone()
-            return {"sqlite file": str(db), "row": dict(row) if row else None}
-        raise StackError("the in-memory store lives inside the sidecar process: there is nothing to open")
+            return {"key": full_key, "where": str(db), "row": dict(row) if row else None}
+        return {"key": full_key, "where": "inside the sidecar process",
+                "note": "the in-memory store lives inside the sidecar: there is nothing to open from here"}
 
     def close(self) -> None:
         self.client.close()
