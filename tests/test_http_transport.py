@@ -54,6 +54,13 @@ def _read_response(sock: socket.socket, buf: bytearray) -> tuple[int, dict[str, 
     return status, headers, rest[:length]
 
 
+def _read_until_closed(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(4096):
+        data += chunk
+    return data
+
+
 def _save_request(key: str, value: object, *, close: bool = False) -> bytes:
     body = json.dumps([{"key": key, "value": value}]).encode()
     extra = b"Connection: close\r\n" if close else b""
@@ -166,12 +173,7 @@ def test_body_just_under_the_limit_is_accepted(addr):
 def test_malformed_http_gets_plain_400_and_close(addr):
     with _connect(addr) as sock:
         sock.sendall(b"THIS IS NOT HTTP\r\n\r\n")
-        data = b""
-        while True:
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            data += chunk
+        data = _read_until_closed(sock)
     assert data.startswith(b"HTTP/1.1 400 ")
 
 
@@ -189,12 +191,7 @@ def test_connection_close_is_honoured(addr):
 def test_http_1_0_request_is_answered_and_closed(addr):
     with _connect(addr) as sock:
         sock.sendall(b"GET /v1.0/healthz HTTP/1.0\r\n\r\n")
-        data = b""
-        while True:
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            data += chunk
+        data = _read_until_closed(sock)
     assert data.split(b" ", 2)[1] == b"204"
 
 
