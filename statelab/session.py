@@ -1,8 +1,8 @@
 """What a notebook's setup cell calls: connect to a Dapr sidecar, or start the local stack.
 
-``open_session(endpoint)`` uses, in order: the ``endpoint`` argument, ``DAPR_HTTP_ENDPOINT`` (a real
-``dapr run`` sidecar, or the stack that ``./scripts/lab`` started), else it starts a local stack of its
-own on the first free ports from 3500 up, which stops when the kernel exits. Either way the lesson
+``open_session(endpoint)`` uses, in order: the ``endpoint`` argument, ``DAPR_HTTP_ENDPOINT`` or
+``DAPR_HTTP_PORT`` (a real ``dapr run`` sidecar, or the stack that ``./scripts/lab`` started), else it
+starts a local stack of its own on the first free ports from 3500 up, which stops when the kernel exits. Either way the lesson
 talks to the sidecar over the Dapr HTTP API only, so it runs the same against real Dapr.
 """
 
@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from statelab.client import StateClient
+from statelab.client import StateClient, default_endpoint
 from statelab.errors import SidecarUnavailable, StackError
 
 log = logging.getLogger(__name__)
@@ -101,8 +101,13 @@ def open_session(
     app_id: str = "myapp",
     run_dir: str | os.PathLike | None = None,
 ) -> Session:
-    """Connect (endpoint or ``DAPR_HTTP_ENDPOINT``) or start a local stack; wait until the sidecar is ready."""
-    endpoint = endpoint or os.environ.get("DAPR_HTTP_ENDPOINT") or None
+    """Connect (``endpoint``, else the SDKs' environment) or start a local stack; wait until the sidecar is ready.
+
+    ``dapr run -- jupyter lab`` sets ``DAPR_HTTP_PORT`` for the kernel, ``./scripts/lab`` sets
+    ``DAPR_HTTP_ENDPOINT``; either means "a sidecar is already there".
+    """
+    if not endpoint and (os.environ.get("DAPR_HTTP_ENDPOINT") or os.environ.get("DAPR_HTTP_PORT")):
+        endpoint = default_endpoint()
     if endpoint:
         session = Session(endpoint.rstrip("/"))
         session.client.wait_until_ready(timeout=30)
