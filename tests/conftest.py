@@ -94,6 +94,16 @@ class Target:
         return self.http.delete(self.state_url(key), **kwargs)  # type: ignore[arg-type]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def hermetic_environment() -> Iterator[None]:
+    """Tests start their own sidecars: a developer's DAPR_* variables (e.g. from ./scripts/lab) must not leak in."""
+    import os
+
+    saved = {k: os.environ.pop(k) for k in ("DAPR_HTTP_ENDPOINT", "DAPR_HTTP_PORT", "DAPR_API_TOKEN") if k in os.environ}
+    yield
+    os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def stacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Stack]]:
     started: dict[str, Stack] = {}
