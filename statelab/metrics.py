@@ -13,6 +13,7 @@ import html
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,11 @@ class Metrics:
             self.notes[name] = note
         self.save()
         return value
+
+    def record_all(self, results: Iterable[tuple[str, Any, str]]) -> None:
+        """Record several ``(name, value, note)`` results at once, e.g. ``metrics.record_all(demo.metrics())``."""
+        for name, value, note in results:
+            self.record(name, value, note)
 
     def save(self) -> Path:
         self.path.parent.mkdir(parents=True, exist_ok=True)
