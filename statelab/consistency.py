@@ -30,7 +30,8 @@ if TYPE_CHECKING:
     import redis
     from matplotlib.figure import Figure
 
-    from statelab.session import Session
+from statelab.display import html_table
+from statelab.session import Session
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +94,7 @@ NO_REPLICA = "the local Redis runs without a replica (open the session with repl
 def _table_html(rows: list[dict[str, Any]], caption: str = "") -> str:
     if not rows:
         return ""
-    head = "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0])
-    body = "".join(
-        "<tr>" + "".join(f"<td style='text-align:left'>{html.escape(_fmt(v))}</td>" for v in row.values()) + "</tr>"
-        for row in rows
-    )
-    cap = f"<caption style='text-align:left'>{html.escape(caption)}</caption>" if caption else ""
-    return f"<table>{cap}<tr>{head}</tr>{body}</table>"
+    return html_table(rows[0], ([_fmt(v) for v in row.values()] for row in rows), caption)
 
 
 def _count(n: int | None, noun: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import requests
@@ -36,6 +37,18 @@ class Exchange:
 
     def _repr_html_(self) -> str:
         return f"<pre>{html.escape(self.text())}</pre>"
+
+
+def html_table(headers: Iterable[object], rows: Iterable[Iterable[object]], caption: str = "", *,
+               escape: bool = True) -> str:
+    """A plain HTML table for ``_repr_html_``; ``escape=False`` when cells are already HTML."""
+    esc = (lambda v: html.escape(str(v))) if escape else str
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(f"<td style='text-align:left'>{esc(cell)}</td>" for cell in row) + "</tr>" for row in rows
+    )
+    cap = f"<caption style='caption-side:top;text-align:left'>{html.escape(caption)}</caption>" if caption else ""
+    return f"<table>{cap}<tr>{head}</tr>{body}</table>"
 
 
 def show(resp: requests.Response) -> Exchange:

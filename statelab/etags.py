@@ -28,6 +28,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from statelab.client import FIRST_WRITE, LAST_WRITE, StateClient, upsert
+from statelab.display import html_table
 from statelab.errors import DaprError, ETagMismatch, SidecarUnavailable, StackError, StatelabError
 
 if TYPE_CHECKING:
@@ -82,10 +83,7 @@ def _clone(client: StateClient) -> StateClient:
 
 
 def _table(headers: Iterable[str], rows: Iterable[Iterable[object]], caption: str = "") -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
-    cap = f"<caption style='caption-side:top;text-align:left'>{html.escape(caption)}</caption>" if caption else ""
-    return f"<table>{cap}<tr>{head}</tr>{body}</table>"
+    return html_table(headers, rows, caption, escape=False)  # cells arrive as HTML already
 
 
 def _short(value: Any) -> str:
