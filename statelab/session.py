@@ -28,10 +28,18 @@ class Session:
     endpoint: str
     store_name: str = STORE_NAME
     stack: object | None = None  # statelab.local.Stack, kept untyped so real-Dapr mode never imports it
+    grpc_endpoint: str | None = None  # the sidecar's gRPC address (for the Dapr SDKs), when known
     client: StateClient = field(init=False)
 
     def __post_init__(self) -> None:
         self.client = StateClient(self.endpoint)
+
+    @property
+    def endpoints(self) -> list[str]:
+        """Every sidecar (app instance) of this session: the local stack's, or the one endpoint."""
+        if self.stack is not None:
+            return list(self.stack.endpoints)  # type: ignore[attr-defined]
+        return [self.endpoint]
 
     @property
     def local(self) -> bool:
@@ -109,17 +117,26 @@ def open_session(
     if not endpoint and (os.environ.get("DAPR_HTTP_ENDPOINT") or os.environ.get("DAPR_HTTP_PORT")):
         endpoint = default_endpoint()
     if endpoint:
-        session = Session(endpoint.rstrip("/"))
+        session = Session(endpoint.rstrip("/"), grpc_endpoint=_grpc_endpoint_from_env())
         session.client.wait_until_ready(timeout=30)
         return session
     stack = _start_local_stack(store, replicas, sidecars, app_id, Path(run_dir) if run_dir else None)
-    session = Session(stack.endpoint, stack=stack)
+    session = Session(stack.endpoint, stack=stack, grpc_endpoint=stack.grpc_endpoint)
     try:
         session.client.wait_until_ready(timeout=30)
     except SidecarUnavailable:
         stack.stop()
         raise
     return session
+
+
+def _grpc_endpoint_from_env() -> str | None:
+    """The gRPC address the Dapr SDKs take from the environment (``dapr run`` sets DAPR_GRPC_PORT), if any."""
+    if address := os.environ.get("DAPR_GRPC_ENDPOINT"):
+        return address
+    if port := os.environ.get("DAPR_GRPC_PORT"):
+        return f"{os.environ.get('DAPR_RUNTIME_HOST') or '127.0.0.1'}:{port}"
+    return None
 
 
 def _start_local_stack(store: str, replicas: int, sidecars: int, app_id: str, run_dir: Path | None):

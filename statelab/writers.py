@@ -1,0 +1,441 @@
+"""Concurrent writers against one hot key: the harness behind lessons 04 and 05.
+
+``run_writers(endpoints, WritersConfig(...))`` starts N writer threads, spread over the K sidecars
+(app instances) given, each doing M read-modify-write operations: read the key (GET, keeping the ETag),
+compute the new value (counter + 1, or the list with this operation's id appended), save it — with the
+ETag under first-write, without under last-write — and on a 409 back off and start again from the read.
+Every attempt goes into a ``History``; the result carries it, the final values read back, and the
+checker's findings. It never prints; a ``progress`` callback and a ``stop`` event let a widget follow
+and interrupt a run, which then returns what happened so far.
+
+It speaks the Dapr HTTP API only (``statelab.client``), so it runs the same against real daprd.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from statelab.backoff import Policy, policy_from_name
+from statelab.client import FIRST_WRITE, LAST_WRITE, StateClient
+from statelab.errors import DaprError, ETagMismatch, SidecarTimeout, SidecarUnavailable
+from statelab.history import CONFLICT, ERROR, OK, UNKNOWN, Attempt, Finding, History, check_append, check_counter
+
+INCREMENT, APPEND = "increment", "append"
+
+
+@dataclass
+class WritersConfig:
+    writers: int = 8
+    operations: int = 20  # per writer
+    mode: str = INCREMENT  # "increment" a counter, or "append" a unique id to a list
+    keys: int = 1  # hot keys; each operation picks one at random
+    concurrency: str = FIRST_WRITE  # first-write: save with the ETag read; last-write: save blindly
+    consistency: str = "eventual"
+    policy: str = "full-jitter"  # one of statelab.backoff.POLICY_NAMES
+    base: float = 0.002  # seconds
+    cap: float = 0.1
+    max_attempts: int = 100
+    timeout: float = 5.0  # client timeout per request; no answer in time = outcome unknown
+    seed: int = 7
+    store: str = "statestore"
+
+    def __post_init__(self) -> None:
+        if self.mode not in (INCREMENT, APPEND):
+            raise ValueError(f"mode must be {INCREMENT!r} or {APPEND!r}")
+        if self.concurrency not in (FIRST_WRITE, LAST_WRITE):
+            raise ValueError(f"concurrency must be {FIRST_WRITE!r} or {LAST_WRITE!r}")
+        if self.writers < 1 or self.operations < 0 or self.keys < 1 or self.max_attempts < 1:
+            raise ValueError("writers, keys and max_attempts must be at least 1, operations at least 0")
+
+    def backoff(self) -> Policy:
+        return policy_from_name(self.policy, base=self.base, cap=self.cap)
+
+
+@dataclass
+class Progress:
+    """A snapshot for live displays: operations done per writer, conflicts so far."""
+
+    done: list[int]
+    total_per_writer: int
+    conflicts: int
+    errors: int
+    elapsed: float
+
+
+@dataclass
+class RunResult:
+    config: WritersConfig
+    endpoints: list[str]
+    history: History
+    finals: dict[tuple[str, str], Any]  # (group, key) -> value read at the end
+    groups: dict[int, str]  # sidecar index -> store group ("all" when they share one store)
+    findings: list[Finding]
+    wall_time: float
+    stopped_early: bool = False
+    gave_up: int = 0  # operations abandoned after max_attempts
+    store_type: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    # --- what the lessons and tests read ---------------------------------------------------------
+
+    @property
+    def acknowledged(self) -> int:
+        return self.history.count(OK)
+
+    @property
+    def conflicts(self) -> int:
+        return self.history.count(CONFLICT)
+
+    @property
+    def attempts(self) -> int:
+        return len(self.history.attempts)
+
+    @property
+    def surviving(self) -> int:
+        """Acknowledged updates still visible at the end (counter value, or ids present in the list)."""
+        if self.config.mode == INCREMENT:
+            return int(sum(v for v in self.finals.values() if isinstance(v, (int, float))))
+        return sum(len(v) for v in self.finals.values() if isinstance(v, list))
+
+    @property
+    def lost_updates(self) -> int:
+        """Acknowledged updates that are not in the store at the end."""
+        if self.config.mode == INCREMENT:
+            return max(0, self.acknowledged - self.surviving)
+        return sum(len(f.ops) for f in self.findings if f.kind == "missing-ids")
+
+    @property
+    def attempts_per_success(self) -> float:
+        return self.attempts / self.acknowledged if self.acknowledged else float("nan")
+
+    def summary(self) -> dict[str, Any]:
+        c = self.config
+        return {
+            "writers": c.writers,
+            "sidecars": len(self.endpoints),
+            "operations": c.writers * c.operations,
+            "concurrency": c.concurrency,
+            "policy": c.policy,
+            "acknowledged": self.acknowledged,
+            "surviving": self.surviving,
+            "lost updates": self.lost_updates,
+            "attempts": self.attempts,
+            "conflicts": self.conflicts,
+            "errors": self.history.count(ERROR),
+            "unknown": self.history.count(UNKNOWN),
+            "gave up": self.gave_up,
+            "attempts per success": round(self.attempts_per_success, 2) if self.acknowledged else None,
+            "wall time s": round(self.wall_time, 2),
+        }
+
+    def sentences(self) -> list[str]:
+        """The checker's findings, one plain sentence each (or one saying nothing was lost)."""
+        if not self.findings:
+            return [f"No lost updates: all {self.acknowledged} acknowledged writes are in the store."]
+        return [f.sentence for f in self.findings]
+
+    def __repr__(self) -> str:
+        s = self.summary()
+        head = ", ".join(f"{k}={v}" for k, v in s.items())
+        return "\n".join([head, *self.notes, *self.sentences()[:5]])
+
+    def _repr_html_(self) -> str:
+        from statelab.display import html_table
+
+        s = self.summary()
+        notes = "".join(f"<p>{n}</p>" for n in self.notes)
+        found = "".join(f"<li>{f}</li>" for f in self.sentences()[:8])
+        more = f"<p>… and {len(self.findings) - 8} more findings.</p>" if len(self.findings) > 8 else ""
+        return html_table(s.keys(), [s.values()]) + notes + f"<ul>{found}</ul>" + more
+
+    def metrics(self, prefix: str) -> list[tuple[str, Any, str]]:
+        """The numbers a lesson records about this run, as ``(name, value, note)`` for ``Metrics.record_all``."""
+        return [
+            (f"{prefix}_acknowledged", self.acknowledged, "saves answered 204"),
+            (f"{prefix}_surviving", self.surviving, "updates still in the store at the end"),
+            (f"{prefix}_lost_updates", self.lost_updates, "acknowledged but not in the store"),
+            (f"{prefix}_conflicts", self.conflicts, "409 answers (stale ETag)"),
+            (f"{prefix}_attempts_per_success",
+             round(self.attempts_per_success, 3) if self.acknowledged else None, ""),
+            (f"{prefix}_findings", dict(Counter(f.kind for f in self.findings)), "what the checker found, by kind"),
+            (f"{prefix}_wall_time_s", round(self.wall_time, 3), ""),
+        ]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"config": asdict(self.config), "summary": self.summary(), "findings": [f.sentence for f in self.findings]}
+
+
+def _groups(client: StateClient, store: str, sidecars: int) -> tuple[dict[int, str], str]:
+    """Which sidecars share a store: all of them, except on state.in-memory (data lives in each sidecar)."""
+    store_type = ""
+    for comp in client.metadata().get("components", []):
+        if comp.get("name") == store:
+            store_type = str(comp.get("type", ""))
+    if store_type == "state.in-memory" and sidecars > 1:
+        return {i: f"sidecar {i}" for i in range(sidecars)}, store_type
+    return {i: "all" for i in range(sidecars)}, store_type
+
+
+class _Writer(threading.Thread):
+    def __init__(self, index: int, run: _Run) -> None:
+        super().__init__(name=f"writer-{index}", daemon=True)
+        self.index = index
+        self.run_ = run
+        self.sidecar = index % len(run.endpoints)
+        self.rng = random.Random(run.config.seed * 1_000_003 + index)
+        self.backoff = run.policy.new()
+        self.attempts: list[Attempt] = []
+        self.done = 0
+        self.gave_up = 0
+        self._times = (0.0, 0.0)  # start and end of the attempt in progress
+
+    def run(self) -> None:
+        run = self.run_
+        cfg = run.config
+        with StateClient(run.endpoints[self.sidecar], timeout=cfg.timeout) as client:
+            for op in range(cfg.operations):
+                if run.stop.is_set():
+                    return
+                key = run.keys[self.rng.randrange(len(run.keys))]
+                if not self._operation(client, op, key):
+                    self.gave_up += 1
+                self.done += 1
+                run.report()
+
+    def _operation(self, client: StateClient, op: int, key: str) -> bool:
+        run = self.run_
+        cfg = run.config
+        for attempt in range(1, cfg.max_attempts + 1):
+            if run.stop.is_set():
+                return False
+            outcome, status, etag, detail = self._attempt(client, op, key)
+            start, end = self._times
+            self.attempts.append(Attempt(self.index, op, attempt, self.sidecar, key, start, end, etag, status,
+                                         outcome, detail))
+            if outcome == OK:
+                return True
+            if outcome == CONFLICT:
+                run.conflict()
+            else:
+                run.error()
+            run.stop.wait(self.backoff.delay(attempt, self.rng))
+        return False
+
+    def _attempt(self, client: StateClient, op: int, key: str) -> tuple[str, int | None, str | None, str]:
+        run = self.run_
+        cfg = run.config
+        started = run.now()
+        self._times = (started, started)
+        try:
+            state = client.get(cfg.store, key)
+        except DaprError as exc:
+            self._times = (started, run.now())
+            return ERROR, None, None, f"read failed: {exc}"
+        etag = state.etag if state else None
+        current = state.value if state else None
+        if cfg.mode == INCREMENT:
+            new: Any = (current if isinstance(current, (int, float)) else 0) + 1
+        else:
+            new = [*(current if isinstance(current, list) else []), f"w{self.index}-op{op}"]
+        try:
+            client.save(cfg.store, key, new, etag=etag if cfg.concurrency == FIRST_WRITE else None,
+                        concurrency=cfg.concurrency, consistency=cfg.consistency)
+            outcome, status, detail = OK, 204, ""
+        except ETagMismatch as exc:
+            outcome, status, detail = CONFLICT, exc.status or 409, ""
+        except SidecarTimeout as exc:
+            outcome, status, detail = UNKNOWN, None, str(exc)
+        except SidecarUnavailable as exc:
+            outcome, status, detail = ERROR, None, str(exc)
+        except DaprError as exc:
+            # A 5xx may have written (e.g. Redis wrote, then WAIT failed): its outcome is unknown.
+            outcome = UNKNOWN if exc.status >= 500 else ERROR
+            status, detail = exc.status, str(exc)
+        self._times = (started, run.now())
+        return outcome, status, etag, detail
+
+
+class _Run:
+    def __init__(self, endpoints: Sequence[str], config: WritersConfig, stop: threading.Event,
+                 progress: Callable[[Progress], None] | None, progress_every: float) -> None:
+        self.endpoints = list(endpoints)
+        self.config = config
+        self.stop = stop
+        self.policy = config.backoff()
+        self.keys = [f"hot-{uuid.uuid4().hex[:8]}-{k}" for k in range(config.keys)]
+        self.progress = progress
+        self.progress_every = progress_every
+        self._lock = threading.Lock()
+        self._conflicts = 0
+        self._errors = 0
+        self._last_report = 0.0
+        self._t0 = time.perf_counter()
+        self.writers: list[_Writer] = []
+
+    def now(self) -> float:
+        return time.perf_counter() - self._t0
+
+    def conflict(self) -> None:
+        with self._lock:
+            self._conflicts += 1
+
+    def error(self) -> None:
+        with self._lock:
+            self._errors += 1
+
+    def report(self, force: bool = False) -> None:
+        if self.progress is None:
+            return
+        now = self.now()
+        with self._lock:
+            if not force and now - self._last_report < self.progress_every:
+                return
+            self._last_report = now
+            snapshot = Progress([w.done for w in self.writers], self.config.operations, self._conflicts,
+                                self._errors, now)
+        try:
+            self.progress(snapshot)
+        except Exception:  # noqa: BLE001 - a broken display must not kill a writer
+            self.progress = None
+
+
+def run_writers(
+    endpoints: Sequence[str] | str,
+    config: WritersConfig | None = None,
+    *,
+    stop: threading.Event | None = None,
+    progress: Callable[[Progress], None] | None = None,
+    progress_every: float = 0.1,
+) -> RunResult:
+    """Run the writers to the end (or until ``stop`` is set) and return everything that happened."""
+    endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+    if not endpoints:
+        raise ValueError("at least one sidecar endpoint is needed")
+    config = config or WritersConfig()
+    stop = stop or threading.Event()
+    run = _Run(endpoints, config, stop, progress, progress_every)
+    with StateClient(endpoints[0], timeout=config.timeout) as setup:
+        groups, store_type = _groups(setup, config.store, len(endpoints))
+        initial: Any = 0 if config.mode == INCREMENT else []
+        for sidecar in sorted({_first_sidecar(groups, g) for g in set(groups.values())}):
+            with StateClient(endpoints[sidecar], timeout=config.timeout) as c:
+                for key in run.keys:
+                    c.save(config.store, key, initial)
+    run.writers = [_Writer(i, run) for i in range(config.writers)]
+    started = time.perf_counter()
+    for w in run.writers:
+        w.start()
+    for w in run.writers:
+        w.join()
+    wall = time.perf_counter() - started
+    run.report(force=True)
+    history = History(sorted((a for w in run.writers for a in w.attempts), key=lambda a: a.start))
+    finals: dict[tuple[str, str], Any] = {}
+    for group in sorted(set(groups.values())):
+        with StateClient(endpoints[_first_sidecar(groups, group)], timeout=config.timeout) as c:
+            for key in run.keys:
+                state = c.get(config.store, key)
+                finals[(group, key)] = state.value if state else None
+    check = check_counter if config.mode == INCREMENT else check_append
+    notes = []
+    if store_type == "state.in-memory" and len(endpoints) > 1:
+        notes.append(f"state.in-memory keeps data inside each sidecar: the {len(endpoints)} app instances "
+                     "each have their own copy of the key, so each is checked on its own.")
+    return RunResult(
+        config=config,
+        endpoints=endpoints,
+        history=history,
+        finals=finals,
+        groups=groups,
+        findings=check(history, finals, groups),
+        wall_time=wall,
+        stopped_early=stop.is_set(),
+        gave_up=sum(w.gave_up for w in run.writers),
+        store_type=store_type,
+        notes=notes,
+    )
+
+
+def sweep(
+    endpoints: Sequence[str] | str,
+    writer_counts: Sequence[int],
+    base_config: WritersConfig | None = None,
+    *,
+    policies: Sequence[str] | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """One run per (policy, writer count); rows of writers, policy, attempts per success, wall time, lost."""
+    from dataclasses import replace
+
+    from tqdm.auto import tqdm
+
+    base_config = base_config or WritersConfig()
+    policies = list(policies or [base_config.policy])
+    rows = []
+    runs = [(p, n) for p in policies for n in writer_counts]
+    for policy, n in tqdm(runs, desc="runs", disable=not progress):
+        result = run_writers(endpoints, replace(base_config, writers=n, policy=policy))
+        rows.append({
+            "writers": n,
+            "clients": n,
+            "policy": policy,
+            "attempts_per_success": result.attempts_per_success,
+            "calls_per_client": result.attempts / n,
+            "conflicts": result.conflicts,
+            "wall_time": result.wall_time,
+            "lost_updates": result.lost_updates,
+        })
+    return rows
+
+
+@dataclass
+class Comparison:
+    """The same run under several retry policies (lesson 05)."""
+
+    results: dict[str, RunResult]
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [{"policy": p, **{k: v for k, v in r.summary().items() if k != "policy"}} for p, r in self.results.items()]
+
+    def metrics(self) -> list[tuple[str, Any, str]]:
+        out: list[tuple[str, Any, str]] = []
+        for policy, r in self.results.items():
+            name = policy.replace("-", "_")
+            out += [
+                (f"{name}_attempts_per_success", round(r.attempts_per_success, 3) if r.acknowledged else None, ""),
+                (f"{name}_wall_time_s", round(r.wall_time, 3), ""),
+                (f"{name}_lost_updates", r.lost_updates, "must be 0 under first-write"),
+            ]
+        return out
+
+    def _repr_html_(self) -> str:
+        from statelab.display import html_table
+
+        rows = self.rows()
+        return html_table(rows[0].keys(), [r.values() for r in rows]) if rows else ""
+
+    def __repr__(self) -> str:
+        return "\n".join(str(r) for r in self.rows())
+
+
+def compare_policies(endpoints: Sequence[str] | str, policies: Sequence[str], config: WritersConfig | None = None,
+                     *, progress: bool = True) -> Comparison:
+    """``run_writers`` once per retry policy, everything else equal (same seed, writers, operations)."""
+    from dataclasses import replace
+
+    from tqdm.auto import tqdm
+
+    config = config or WritersConfig()
+    return Comparison({p: run_writers(endpoints, replace(config, policy=p))
+                       for p in tqdm(policies, desc="policies", disable=not progress)})
+
+
+def _first_sidecar(groups: dict[int, str], group: str) -> int:
+    return min(i for i, g in groups.items() if g == group)
