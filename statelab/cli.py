@@ -14,6 +14,7 @@ def _sidecar(args: argparse.Namespace) -> int:
     config = SidecarConfig(
         app_id=args.app_id,
         http_port=args.dapr_http_port,
+        grpc_port=args.dapr_grpc_port,
         resources_path=args.resources_path,
         listen_addresses=[a.strip() for a in args.dapr_listen_addresses.split(",") if a.strip()],
         max_body_size=_size(args.max_body_size),
@@ -36,12 +37,14 @@ def _up(args: argparse.Namespace) -> int:
     from statelab import local
 
     try:
-        stack = local.up(store=args.store, replicas=args.replicas, sidecars=args.sidecars, app_id=args.app_id)
+        stack = local.up(
+            store=args.store, replicas=args.replicas, sidecars=args.sidecars, app_id=args.app_id, shared=args.shared
+        )
     except local.StackError as exc:
         print(f"statelab up: {exc}", file=sys.stderr)
         return 1
     print(stack.describe())
-    print(f"export DAPR_HTTP_ENDPOINT={stack.endpoint}")
+    print(f"export DAPR_HTTP_ENDPOINT={stack.endpoint} DAPR_GRPC_ENDPOINT={stack.grpc_endpoint}")
     return 0
 
 
@@ -71,6 +74,8 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sidecar", help="run a Dapr-compatible state sidecar (flags as daprd's)")
     s.add_argument("--app-id", required=True)
     s.add_argument("--dapr-http-port", type=int, default=3500)
+    s.add_argument("--dapr-grpc-port", type=int, default=None,
+                   help="serve the gRPC API (what the Dapr SDKs use) on this port; none if not given")
     s.add_argument("--resources-path", required=True, help="folder of Dapr Component YAMLs")
     s.add_argument("--dapr-listen-addresses", default="127.0.0.1", help="comma-separated hosts to bind")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warn", "error"])
@@ -82,6 +87,9 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--replicas", type=int, default=1, help="Redis replicas (redis store only)")
     u.add_argument("--sidecars", type=int, default=1, help="app instances sharing the store (ports 3500, 3501, ...)")
     u.add_argument("--app-id", default="myapp")
+    u.add_argument("--shared", action="store_true",
+                   help="class mode, one stack for many people: Redis requires a generated password "
+                   "(kept in the run folder's component file, readable only by you)")
     u.set_defaults(run=_up)
 
     st = sub.add_parser("status", help="show the running local stack")

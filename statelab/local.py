@@ -5,6 +5,12 @@
 command. This module only starts processes and speaks to them over sockets: it never imports the sidecar
 or the stores, so what it runs is exactly what a learner would run by hand.
 
+Each sidecar serves the Dapr HTTP API and the gRPC API (what the official SDKs use for state) on two ports
+from fixed blocks below 32768: HTTP on 3500, 3501, … and gRPC on 3550, 3551, … by default (the gRPC block
+sits ``GRPC_PORT_OFFSET`` above the HTTP one, so it moves with ``http_port`` and cannot meet the HTTP ports
+of up to 50 sidecars). daprd's own gRPC default, 50001, lies in Linux's ephemeral range (32768–60999),
+where any outgoing connection may already hold it; ``env()`` tells the SDKs where to look instead.
+
 Processes started by a ``Stack`` (unless ``detach=True``) die with the Python process that started them,
 even when that process is killed with SIGKILL: each child asks the kernel for ``PR_SET_PDEATHSIG`` on Linux,
 and an ``atexit`` hook stops them gracefully on a normal exit.
@@ -21,6 +27,7 @@ import json
 import logging
 import os
 import queue
+import secrets
 import shlex
 import shutil
 import signal
@@ -35,6 +42,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
+from urllib.parse import quote
 
 import yaml
 
@@ -50,6 +58,7 @@ STORES: tuple[str, ...] = ("redis", "sqlite", "in-memory")
 HOST = "127.0.0.1"
 STOP_GRACE_SECONDS = 5.0
 LOG_TAIL_LINES = 20
+GRPC_PORT_OFFSET = 50  # default gRPC port of sidecar i: http_port + GRPC_PORT_OFFSET + i (3550 for 3500)
 KEEP_RUN_DIRS = 20  # default run folders kept under the state dir; older ones are pruned at start
 
 
@@ -159,6 +168,7 @@ class _Child:
     log: Path
     env: dict[str, str] | None = None
     port: int = 0
+    grpc_port: int = 0  # sidecars only
     proc: subprocess.Popen[bytes] | None = None
     _log_file: IO[bytes] | None = None
     _log_start: int = 0  # where this run's lines begin in the (appended) log
@@ -166,6 +176,10 @@ class _Child:
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def ports(self) -> list[int]:
+        return [self.port, self.grpc_port] if self.grpc_port else [self.port]
 
     def spawn(self, cwd: Path, detach: bool) -> None:
         self.close_log()
@@ -261,6 +275,15 @@ def port_is_free(port: int, host: str = HOST) -> bool:
     return True
 
 
+def accepts(port: int, timeout: float = 1.0) -> bool:
+    """True if something accepts TCP connections on ``port`` (the gRPC server, which has no plain-HTTP probe)."""
+    try:
+        with socket.create_connection((HOST, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def healthz(port: int, timeout: float = 1.0) -> bool:
     """True if ``GET /v1.0/healthz`` on the port answers 204 (plain http.client: no proxies from the env)."""
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
@@ -273,23 +296,23 @@ def healthz(port: int, timeout: float = 1.0) -> bool:
         conn.close()
 
 
-def _redis(port: int) -> redis.Redis:
+def _redis(port: int, password: str | None = None) -> redis.Redis:
     import redis  # here, not at the top: it takes ~0.3 s to import and only Redis stacks need it
 
-    return redis.Redis(host=HOST, port=port, socket_timeout=2, socket_connect_timeout=1)
+    return redis.Redis(host=HOST, port=port, password=password, socket_timeout=2, socket_connect_timeout=1)
 
 
-def _redis_ready(port: int) -> bool:
+def _redis_ready(port: int, password: str | None = None) -> bool:
     from redis.exceptions import RedisError
 
     try:
-        with _redis(port) as client:
+        with _redis(port, password) as client:
             return bool(client.ping())
     except RedisError:  # refused, or LOADING while the AOF is replayed
         return False
 
 
-def _replica_linked(port: int, primary_port: int) -> bool:
+def _replica_linked(port: int, primary_port: int, password: str | None = None) -> bool:
     """True once the replica follows the *current* primary and has finished its post-sync AOF rewrite.
 
     Comparing replication ids avoids trusting a link status left over from a primary that was just killed.
@@ -297,7 +320,7 @@ def _replica_linked(port: int, primary_port: int) -> bool:
     from redis.exceptions import RedisError
 
     try:
-        with _redis(port) as replica, _redis(primary_port) as primary:
+        with _redis(port, password) as replica, _redis(primary_port, password) as primary:
             info = replica.info()  # the default sections include replication and persistence
             return (
                 info.get("master_link_status") == "up"
@@ -346,10 +369,15 @@ class Stack:
     sidecars: int = 1  # app instances sharing one store, same app id
     app_id: str = "myapp"
     http_port: int = 3500  # sidecar i listens on http_port + i
+    grpc_port: int | None = None  # sidecar i serves gRPC on grpc_port + i; None: http_port + GRPC_PORT_OFFSET
     redis_port: int = 6380  # primary; replica j on redis_port + 1 + j
     run_dir: Path | None = None  # logs, components, sqlite file, redis data; default: fresh under state_dir()
     appendonly: bool = False  # Redis AOF with appendfsync always
     api_token: str | None = None  # exported to the sidecars as DAPR_API_TOKEN
+    # Redis requires this password (replicas use it to follow the primary); the generated component carries it
+    # as redisPassword. shared=True (class mode, `statelab up --shared`: one stack for many people) makes one up.
+    redis_password: str | None = None
+    shared: bool = False
     detach: bool = False  # True: children outlive this process (CLI `statelab up`)
     start_timeout: float = 15.0  # seconds to wait for each process to become ready
 
@@ -365,11 +393,18 @@ class Stack:
             raise ValueError("replicas and sidecars must not be negative")
         if self.run_dir is not None:
             self.run_dir = Path(self.run_dir)
+        if self.shared and self.store == "redis" and not self.redis_password:
+            self.redis_password = secrets.token_urlsafe(24)
+        if self.grpc_port is None:
+            self.grpc_port = self.http_port + GRPC_PORT_OFFSET
         for port in self.ports:
             if not 0 < port < 65536:
                 raise ValueError(f"port {port} is out of range")
         if len(set(self.ports)) < len(self.ports):
-            raise ValueError(f"sidecar ports from {self.http_port} and Redis ports from {self.redis_port} overlap")
+            raise ValueError(
+                f"sidecar ports from {self.http_port} (gRPC from {self.grpc_port}) and Redis ports from "
+                f"{self.redis_port} overlap"
+            )
         if self.store == "in-memory" and self.sidecars > 1:
             logger.warning("in-memory store: each of the %d sidecars keeps its own data (as daprd does)", self.sidecars)
 
@@ -382,8 +417,9 @@ class Stack:
 
     @property
     def ports(self) -> list[int]:
-        """Every port the stack binds: sidecars first, then the Redis primary and replicas."""
+        """Every port the stack binds: sidecars first (HTTP, then gRPC), then the Redis primary and replicas."""
         ports = [self.http_port + i for i in range(self.sidecars)]
+        ports += [self._grpc_base + i for i in range(self.sidecars)]
         if self.store == "redis":
             ports += [self.redis_port + j for j in range(1 + self.redis_replicas)]
         return ports
@@ -401,6 +437,22 @@ class Stack:
         return self.endpoints[0]
 
     @property
+    def grpc_endpoints(self) -> list[str]:
+        """gRPC addresses of the sidecars as the Dapr SDKs take them, e.g. ``["127.0.0.1:3550"]``."""
+        return [f"{HOST}:{self._grpc_base + i}" for i in range(self.sidecars)]
+
+    @property
+    def grpc_endpoint(self) -> str:
+        """gRPC address of the first sidecar (``DaprClient(address=...)``, ``DAPR_GRPC_ENDPOINT``)."""
+        if not self.sidecars:
+            raise StackError("this stack has no sidecars")
+        return self.grpc_endpoints[0]
+
+    @property
+    def _grpc_base(self) -> int:
+        return self.http_port + GRPC_PORT_OFFSET if self.grpc_port is None else self.grpc_port
+
+    @property
     def running(self) -> bool:
         """True if every process of the stack is alive."""
         children = self._redis + self._sidecars
@@ -411,17 +463,28 @@ class Stack:
         """Process ids by name (``redis-0`` primary, ``redis-1``… replicas, ``sidecar-0``…), live ones only."""
         return {c.name: c.proc.pid for c in self._redis + self._sidecars if c.proc is not None and c.running}
 
-    def redis_url(self, i: int = 0) -> str:
-        """``redis://`` URL of the primary (i=0) or of replica i-1."""
+    def redis_url(self, i: int = 0, *, password: bool = True) -> str:
+        """``redis://`` URL of the primary (i=0) or of replica i-1, with the password if Redis has one
+        (``password=False`` leaves it out, for what is printed or written to disk)."""
         if self.store != "redis":
             raise StackError(f"this stack runs on {self.store}, not Redis")
         if not 0 <= i <= self.redis_replicas:
             raise IndexError(f"redis index {i} out of range (0 = primary, 1..{self.redis_replicas} = replicas)")
-        return f"redis://{HOST}:{self.redis_port + i}"
+        auth = f":{quote(self.redis_password, safe='')}@" if password and self.redis_password else ""
+        return f"redis://{auth}{HOST}:{self.redis_port + i}"
 
     def env(self) -> dict[str, str]:
-        """Environment for programs that should talk to this stack (what the Dapr SDKs read)."""
-        env = {"DAPR_HTTP_ENDPOINT": self.endpoint, "DAPR_HTTP_PORT": str(self.http_port)}
+        """Environment for programs that should talk to the first sidecar (what the Dapr SDKs read).
+
+        The Python SDK takes ``DAPR_GRPC_ENDPOINT`` as ``host:port`` (``dapr.conf.helpers.GrpcEndpoint``:
+        no scheme means ``dns:``, plaintext); the ports are there too for SDKs that only read those.
+        """
+        env = {
+            "DAPR_HTTP_ENDPOINT": self.endpoint,
+            "DAPR_HTTP_PORT": str(self.http_port),
+            "DAPR_GRPC_ENDPOINT": self.grpc_endpoint,
+            "DAPR_GRPC_PORT": str(self._grpc_base),
+        }
         if self.api_token:
             env["DAPR_API_TOKEN"] = self.api_token
         return env
@@ -432,10 +495,11 @@ class Stack:
         store: str = self.store
         if self.store == "redis":
             store += f" with {self.replicas} replica{'' if self.replicas == 1 else 's'}"
-            store += f" ({self.redis_url()}{', AOF' if self.appendonly else ''})"
+            store += f" ({self.redis_url(password=False)}{', AOF' if self.appendonly else ''}"
+            store += f"{', password required' if self.redis_password else ''})"
         elif self.store == "sqlite" and self.run_dir is not None:
             store += f" ({self.run_dir / 'state.db'})"
-        where = f", {' '.join(self.endpoints)}" if self.sidecars else ""
+        where = f", {' '.join(self.endpoints)} (gRPC {' '.join(self.grpc_endpoints)})" if self.sidecars else ""
         logs = f", logs in {self.run_dir}" if self.run_dir is not None else ""
         return f"local stack: {self.sidecars} {noun} ({self.app_id}) on {store}{where}{logs}"
 
@@ -525,7 +589,8 @@ class Stack:
 
     def _process_records(self) -> list[dict[str, Any]]:
         return [
-            {"name": c.name, "pid": c.proc.pid, "port": c.port, "start_time": _proc_start_time(c.proc.pid)}
+            {"name": c.name, "pid": c.proc.pid, "port": c.port, **({"grpc_port": c.grpc_port} if c.grpc_port else {}),
+             "start_time": _proc_start_time(c.proc.pid)}
             for c in self._redis + self._sidecars
             if c.proc is not None
         ]
@@ -545,23 +610,25 @@ class Stack:
     def _wait_ready(self, child: _Child) -> None:
         """Wait until a primary answers PING, a replica follows the primary, a sidecar is healthy."""
         if child.role == "primary":
-            _wait_for(child, partial(_redis_ready, child.port), "ready", self.start_timeout)
+            _wait_for(child, partial(_redis_ready, child.port, self.redis_password), "ready", self.start_timeout)
         elif child.role == "replica":
             _wait_for(
                 child,
-                partial(_replica_linked, child.port, self.redis_port),
+                partial(_replica_linked, child.port, self.redis_port, self.redis_password),
                 "linked to the primary",
                 self.start_timeout,
             )
-        else:
-            _wait_for(child, partial(healthz, child.port), "healthy", self.start_timeout)
+        else:  # the sidecar answers healthz only once both its servers listen; checking gRPC too costs nothing
+            _wait_for(
+                child, lambda: healthz(child.port) and accepts(child.grpc_port), "healthy", self.start_timeout
+            )
 
     def _restart(self, child: _Child) -> None:
         if not self._redis and not self._sidecars:
             raise StackError("this stack is not started")
         if child.running:
             raise StackError(f"{child.name} is still running (pid {child.proc.pid if child.proc else '?'})")
-        self._check_ports_free([child.port])
+        self._check_ports_free(child.ports)
         assert self.run_dir is not None
         child.spawn(self.run_dir, self.detach)
         self._save_records()
@@ -585,6 +652,7 @@ class Stack:
 
     def _port_names(self) -> dict[int, str]:
         names = {self.http_port + i: f"sidecar {i}" for i in range(self.sidecars)}
+        names.update({self._grpc_base + i: f"sidecar {i} gRPC" for i in range(self.sidecars)})
         if self.store == "redis":
             names[self.redis_port] = "Redis primary"
             names.update({self.redis_port + 1 + j: f"Redis replica {j}" for j in range(self.redis_replicas)})
@@ -610,6 +678,12 @@ class Stack:
             "repl-diskless-sync-delay": "0",
         }
         cmd = [find_redis_server(), *_flags(options)]
+        if self.redis_password:
+            # In a config file only this user can read, not on the command line that `ps` shows to everyone.
+            escaped = self.redis_password.replace("\\", "\\\\").replace('"', '\\"')
+            auth = self.run_dir / "redis-auth.conf"
+            _write_private(auth, f'requirepass "{escaped}"\nmasterauth "{escaped}"\n')
+            cmd.insert(1, str(auth))
         if index:
             cmd += ["--replicaof", HOST, str(self.redis_port)]
         return _Child(
@@ -642,14 +716,18 @@ class Stack:
         for path in sorted(source.glob("*.y*ml")):
             docs = [self._rewrite(doc) for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
             header = f"# Generated by statelab.local from {path} for {self.describe()}\n"
-            (target / path.name).write_text(header + yaml.safe_dump_all(docs, sort_keys=False))
+            text = header + yaml.safe_dump_all(docs, sort_keys=False)
+            if self.redis_password:
+                _write_private(target / path.name, text)  # it holds redisPassword
+            else:
+                (target / path.name).write_text(text)
         return target
 
     def _rewrite(self, doc: dict[str, Any]) -> dict[str, Any]:
         assert self.run_dir is not None
         spec = doc.get("spec") or {}
         replace = {
-            "state.redis": {"redisHost": f"{HOST}:{self.redis_port}"},
+            "state.redis": {"redisHost": f"{HOST}:{self.redis_port}", "redisPassword": self.redis_password or ""},
             "state.sqlite": {"connectionString": str(self.run_dir / "state.db")},
         }.get(spec.get("type", ""), {})
         for item in spec.get("metadata") or []:
@@ -672,21 +750,31 @@ class Stack:
         assert self.run_dir is not None and self._components_dir is not None
         env = self._sidecar_env()
         for i in range(self.sidecars):
-            port = self.http_port + i
+            port, grpc_port = self.http_port + i, self._grpc_base + i
             options = {
                 "app-id": self.app_id,
                 "dapr-http-port": str(port),
+                "dapr-grpc-port": str(grpc_port),
                 "resources-path": str(self._components_dir),
                 "log-level": "info",
             }
             cmd = [sys.executable, "-m", "statelab", "sidecar", *_flags(options)]
             child = _Child(
-                name=f"sidecar-{i}", role="sidecar", cmd=cmd, log=self.run_dir / f"sidecar-{i}.log", env=env, port=port
+                name=f"sidecar-{i}", role="sidecar", cmd=cmd, log=self.run_dir / f"sidecar-{i}.log", env=env,
+                port=port, grpc_port=grpc_port,
             )
             self._sidecars.append(child)
             child.spawn(self.run_dir, self.detach)
         for child in self._sidecars:  # started together, awaited in turn: K sidecars cost one start-up time
             self._wait_ready(child)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file that only this user can read (it holds a password)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to a file that already existed
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 
 def _flags(options: dict[str, str]) -> list[str]:
@@ -771,7 +859,10 @@ def _write_status(stack: Stack) -> None:
         "appendonly": stack.appendonly,
         "api_token_set": bool(stack.api_token),  # the token itself is not written to disk
         "endpoints": stack.endpoints,
-        "redis_urls": [stack.redis_url(i) for i in range(1 + stack.redis_replicas)] if stack.store == "redis" else [],
+        "grpc_endpoints": stack.grpc_endpoints,
+        "redis_urls": (
+            [stack.redis_url(i, password=False) for i in range(1 + stack.redis_replicas)] if stack.store == "redis" else []
+        ),
         "describe": stack.describe(),
         "started_at": time.time(),
         "processes": stack._process_records(),

@@ -7,9 +7,11 @@ session; tests keep apart by using fresh keys (``api.key()``).
 
 from __future__ import annotations
 
+import os
 import random
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,34 @@ STORE_NAME = "statestore"
 APP_ID = "myapp"
 
 
+def soak_factor() -> int:
+    """How much longer the fuzz and fault runs go: 1 by default (bounded, CI), more with ``STATELAB_SOAK``.
+
+    ``STATELAB_SOAK=1`` (or ``yes``/``true``) runs 20 times as many cases; ``STATELAB_SOAK=N`` (N > 1) N times.
+    """
+    raw = os.environ.get("STATELAB_SOAK", "").strip().lower()
+    if raw in ("", "0", "no", "false"):
+        return 1
+    if raw.isdigit() and int(raw) > 1:
+        return int(raw)
+    return 20
+
+
+# Figures the reliability tests measure, printed after the run: fuzz requests sent per store, fault histories.
+FUZZ_REQUESTS: Counter[str] = Counter()
+RELIABILITY: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if FUZZ_REQUESTS or RELIABILITY:
+        terminalreporter.section("reliability figures")
+        if FUZZ_REQUESTS:
+            per_store = ", ".join(f"{store} {n}" for store, n in sorted(FUZZ_REQUESTS.items()))
+            terminalreporter.write_line(f"fuzz requests per store: {per_store}")
+        for line in RELIABILITY:
+            terminalreporter.write_line(line)
+
+
 def free_port_base(count: int) -> int:
     """First of ``count`` consecutive free ports, at random below Linux's ephemeral range."""
     for _ in range(200):
@@ -37,9 +67,9 @@ def free_port_base(count: int) -> int:
 
 
 def make_stack(run_dir: Path | None, **kwargs: object) -> Stack:
-    """A Stack on fresh random ports in run_dir (not started): up to 4 sidecars and 4 Redis servers."""
-    base = free_port_base(8)  # one block, so sidecar and Redis ports cannot overlap
-    defaults: dict[str, object] = {"http_port": base, "redis_port": base + 4, "run_dir": run_dir}
+    """A Stack on fresh random ports in run_dir (not started): up to 4 sidecars (HTTP and gRPC) and 4 Redis servers."""
+    base = free_port_base(12)  # one block, so sidecar and Redis ports cannot overlap
+    defaults: dict[str, object] = {"http_port": base, "grpc_port": base + 8, "redis_port": base + 4, "run_dir": run_dir}
     return Stack(**{**defaults, **kwargs})  # type: ignore[arg-type]
 
 
@@ -99,7 +129,8 @@ def hermetic_environment() -> Iterator[None]:
     """Tests start their own sidecars: a developer's DAPR_* variables (e.g. from ./scripts/lab) must not leak in."""
     import os
 
-    saved = {k: os.environ.pop(k) for k in ("DAPR_HTTP_ENDPOINT", "DAPR_HTTP_PORT", "DAPR_API_TOKEN") if k in os.environ}
+    names = ("DAPR_HTTP_ENDPOINT", "DAPR_HTTP_PORT", "DAPR_GRPC_ENDPOINT", "DAPR_GRPC_PORT", "DAPR_API_TOKEN")
+    saved = {k: os.environ.pop(k) for k in names if k in os.environ}
     yield
     os.environ.update(saved)
 

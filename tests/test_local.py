@@ -279,6 +279,8 @@ def test_env_points_programs_at_the_first_sidecar(tmp_path: Path) -> None:
     assert stack.env() == {
         "DAPR_HTTP_ENDPOINT": "http://127.0.0.1:4500",
         "DAPR_HTTP_PORT": "4500",
+        "DAPR_GRPC_ENDPOINT": "127.0.0.1:4550",  # the gRPC block follows the HTTP one
+        "DAPR_GRPC_PORT": "4550",
         "DAPR_API_TOKEN": "s3cret",
     }
 

@@ -5,37 +5,28 @@ The behavioural contract is ``shared/dapr-state-api.md``; section numbers below 
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import logging
 import posixpath
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote_plus
 
 from statelab import __version__, gojson
-from statelab.components import Component
-from statelab.errors import ETagInvalid, ETagMismatch, StatelabError, TooManyOperations
-from statelab.sidecar import decode
+from statelab.errors import TooManyOperations
+from statelab.sidecar import decode, state
 from statelab.sidecar.http import Request, Response
-from statelab.stores.base import DeleteRequest, Operation, SetRequest, StateStore
+from statelab.sidecar.state import Store, failure_text
+from statelab.stores.base import DeleteRequest, Operation, SetRequest
 
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
 RUNTIME_VERSION = f"statelab-{__version__}"
 
-_ETAG_MISMATCH = "possible etag mismatch. error from state store"
-_ETAG_INVALID = "invalid etag value"
-
-
-@dataclass
-class Store:
-    component: Component
-    store: StateStore
-    prefix: str
+# How each kind of store failure (statelab.sidecar.state) is answered for save and delete (§2.1).
+_FAILURE_STATUS = {state.MISMATCH: 409, state.INVALID: 400, state.OTHER: 500}
 
 
 # --- error bodies (§2) ----------------------------------------------------------------------------
@@ -68,7 +59,7 @@ def _resource_info(store: str) -> dict:
 
 
 def illegal_key(key: str, store: str, field: str) -> Response:
-    message = f"api error: code = InvalidArgument desc = input key/keyPrefix '{key}' can't contain '||'"
+    message = f"api error: code = InvalidArgument desc = {state.IllegalKey(key)}"
     violation = {"description": message}
     if field:  # protobuf JSON leaves out an empty field
         violation["field"] = field
@@ -101,22 +92,6 @@ _NO_CONTENT = Response(204)
 class _BadRequest(Exception):
     def __init__(self, response: Response):
         self.response = response
-
-
-def _store_error_text(exc: Exception) -> str:
-    if isinstance(exc, ETagMismatch):
-        return f"{_ETAG_MISMATCH}: {exc}" if str(exc) else _ETAG_MISMATCH
-    if isinstance(exc, ETagInvalid):
-        return f"{_ETAG_INVALID}: {exc}" if str(exc) else _ETAG_INVALID
-    return str(exc) or type(exc).__name__
-
-
-def _etag_status(exc: Exception) -> int:
-    if isinstance(exc, ETagMismatch):
-        return 409
-    if isinstance(exc, ETagInvalid):
-        return 400
-    return 500
 
 
 # --- the API --------------------------------------------------------------------------------------
@@ -162,7 +137,7 @@ class StateAPI:
                     return self._set_metadata(parts[2], req)
             if len(parts) == 4 and parts[:2] == ["v1.0-alpha1", "state"] and parts[3] == "query":
                 if method in ("POST", "PUT"):
-                    return self._query(parts[2])
+                    return self._query(self._param(parts[2]))
         except _BadRequest as bad:
             return bad.response
         return NOT_FOUND_ROUTE
@@ -204,21 +179,20 @@ class StateAPI:
         return params, metadata
 
     def _store(self, name: str) -> Store:
-        store = self.stores.get(name)
-        if store is not None:
-            return store
-        info = [_error_info("DAPR_STATE_NOT_CONFIGURED" if not self.stores else "DAPR_STATE_NOT_FOUND", {"appID": self.app_id})]
-        if not self.stores:
-            raise _BadRequest(
-                error(500, "ERR_STATE_STORE_NOT_CONFIGURED", f"state store {name} is not configured", info)
-            )
-        raise _BadRequest(error(400, "ERR_STATE_STORE_NOT_FOUND", f"state store {name} is not found", info))
+        try:
+            return state.lookup(self.stores, name)
+        except state.StoreMissing as missing:
+            info = [_error_info("DAPR_STATE_NOT_FOUND" if missing.configured else "DAPR_STATE_NOT_CONFIGURED", {"appID": self.app_id})]
+            if not missing.configured:
+                raise _BadRequest(error(500, "ERR_STATE_STORE_NOT_CONFIGURED", str(missing), info)) from None
+            raise _BadRequest(error(400, "ERR_STATE_STORE_NOT_FOUND", str(missing), info)) from None
 
     def _key(self, store: Store, key: str, in_transaction: bool = False) -> str:
-        if "||" in key:
+        try:
+            return state.prefixed(store, key)
+        except state.IllegalKey:
             # daprd's transaction handler blanks the key before it fills in the violation's field.
-            raise _BadRequest(illegal_key(key, store.component.name, "" if in_transaction else key))
-        return store.prefix + key
+            raise _BadRequest(illegal_key(key, store.component.name, "" if in_transaction else key)) from None
 
     def _body(self, req: Request, *, wrap: bool) -> Any:
         """Decode the body with Go's rules; ``wrap`` adds daprd's "failed deserializing" prefix."""
@@ -242,14 +216,11 @@ class StateAPI:
         return _NO_CONTENT
 
     def _metadata(self) -> Response:
-        components = []
-        for s in self.stores.values():
-            caps = list(s.store.features)
-            if "ETAG" in caps and "TRANSACTIONAL" in caps:
-                caps.append("ACTOR")
-            components.append(
-                {"name": s.component.name, "type": s.component.type, "version": s.component.version, "capabilities": caps}
-            )
+        components = [
+            {"name": s.component.name, "type": s.component.type, "version": s.component.version,
+             "capabilities": state.capabilities(s)}
+            for s in self.stores.values()
+        ]
         # The shape of a bare daprd with no app and no placement service (§3.8).
         body = {
             "id": self.app_id,
@@ -294,7 +265,7 @@ class StateAPI:
         try:
             item = await store.store.get(full_key, consistency=params.get("consistency", ""), metadata=metadata)
         except Exception as exc:  # noqa: BLE001 - every store failure is a Dapr error body
-            return error(500, "ERR_STATE_GET", f"fail to get {key} from state store {store_name}: {_store_error_text(exc)}")
+            return error(500, "ERR_STATE_GET", f"fail to get {key} from state store {store_name}: {failure_text(exc)}")
         if item is None:
             return _NO_CONTENT
         headers = [("ETag", item.etag)] if item.etag else []
@@ -316,30 +287,13 @@ class StateAPI:
             if item.key == "":
                 return error(400, "ERR_MALFORMED_REQUEST", '"key" is a required field')
             requests.append(self._set_request(store, item, url_metadata))
-        if len(requests) == 1:
-            try:
-                await store.store.set(requests[0])
-            except Exception as exc:  # noqa: BLE001
-                return self._save_error(store_name, exc)
+        # One item is a plain set; several are independent, concurrent writes whose successes stay (§3.1).
+        failure = await state.save(store, requests)
+        if failure is None:
             return _NO_CONTENT
-        # Several items: independent, concurrent writes (§3.1); successes stay written.
-        results = await asyncio.gather(*(store.store.set(r) for r in requests), return_exceptions=True)
-        failures = [r for r in results if isinstance(r, BaseException)]
-        if not failures:
-            return _NO_CONTENT
-        for failure in failures:
-            if not isinstance(failure, Exception):
-                raise failure
-        joined = "\n".join(_store_error_text(f) for f in failures)
-        if all(isinstance(f, (ETagMismatch, ETagInvalid)) for f in failures):
-            invalid = any(isinstance(f, ETagInvalid) for f in failures)
-            kind = _ETAG_INVALID if invalid else _ETAG_MISMATCH
-            return error(
-                400 if invalid else 409,
-                "ERR_STATE_SAVE",
-                f"failed saving state in state store {store_name}: {kind}: {joined}",
-            )
-        return error(500, "ERR_STATE_SAVE", f"failed saving state in state store {store_name}: {joined}")
+        return error(
+            _FAILURE_STATUS[failure.kind], "ERR_STATE_SAVE", f"failed saving state in state store {store_name}: {failure.text}"
+        )
 
     def _set_request(
         self, store: Store, item: decode.StateItem, url_metadata: dict[str, str], in_transaction: bool = False
@@ -352,14 +306,6 @@ class StateAPI:
             metadata=metadata,
             concurrency=item.concurrency,
             consistency=item.consistency,
-        )
-
-    @staticmethod
-    def _save_error(store_name: str, exc: Exception) -> Response:
-        if not isinstance(exc, (StatelabError, OSError, ValueError)):
-            log.exception("store failure", exc_info=exc)
-        return error(
-            _etag_status(exc), "ERR_STATE_SAVE", f"failed saving state in state store {store_name}: {_store_error_text(exc)}"
         )
 
     async def _delete(self, store_name: str, key: str, req: Request) -> Response:
@@ -378,7 +324,9 @@ class StateAPI:
             await store.store.delete(request)
         except Exception as exc:  # noqa: BLE001
             return error(
-                _etag_status(exc), "ERR_STATE_DELETE", f"failed deleting state with key {key}: {_store_error_text(exc)}"
+                _FAILURE_STATUS[state.failure_kind(exc)],
+                "ERR_STATE_DELETE",
+                f"failed deleting state with key {key}: {failure_text(exc)}",
             )
         return _NO_CONTENT
 
@@ -394,7 +342,7 @@ class StateAPI:
         try:
             results = await store.store.bulk_get(full_keys, parallelism=bulk.parallelism, metadata=metadata)
         except Exception as exc:  # noqa: BLE001
-            return error(500, "ERR_STATE_BULK_GET", _store_error_text(exc))
+            return error(500, "ERR_STATE_BULK_GET", failure_text(exc))
         return Response(200, _bulk_body(results, len(store.prefix)), JSON)
 
     async def _transaction(self, store_name: str, req: Request) -> Response:
@@ -447,7 +395,7 @@ class StateAPI:
         try:
             await store.store.transact(ops, {**tx.metadata, **url_metadata})
         except Exception as exc:  # noqa: BLE001 - daprd answers 500 for every transaction failure (§3.5)
-            return error(500, "ERR_STATE_TRANSACTION", f"error while executing state transaction: {_store_error_text(exc)}")
+            return error(500, "ERR_STATE_TRANSACTION", f"error while executing state transaction: {failure_text(exc)}")
         return _NO_CONTENT
 
 
@@ -480,6 +428,8 @@ def _is_json(data: bytes) -> bool:
         json.loads(data)
     except ValueError:
         return False
+    except RecursionError:  # deeper than Python parses here (a real daprd may have written it): valid JSON
+        return True
     return True
 
 

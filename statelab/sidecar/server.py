@@ -1,4 +1,8 @@
-"""Start-up of the local sidecar: load components, initialise stores, listen, stop cleanly on SIGTERM."""
+"""Start-up of the local sidecar: load components, initialise stores, listen, stop cleanly on SIGTERM.
+
+HTTP always; gRPC too when a ``grpc_port`` is given (``--dapr-grpc-port``), on the same event loop and
+over the same ``StateAPI``, so both protocols share one set of store objects.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,8 @@ from dataclasses import dataclass, field
 from statelab.components import key_prefix, load_components
 from statelab.errors import ComponentError
 from statelab.sidecar import http
-from statelab.sidecar.api import StateAPI, Store, internal_error
+from statelab.sidecar.api import StateAPI, internal_error
+from statelab.sidecar.state import Store
 from statelab.stores import open_store
 
 log = logging.getLogger("statelab.sidecar")
@@ -23,6 +28,7 @@ DEFAULT_MAX_BODY = 4 << 20  # daprd's --max-body-size default: 4 MiB
 class SidecarConfig:
     app_id: str
     http_port: int = 3500
+    grpc_port: int | None = None  # None: no gRPC server (daprd's default is 50001; statelab serves it only on request)
     resources_path: str = "components"
     listen_addresses: list[str] = field(default_factory=lambda: ["127.0.0.1"])
     max_body_size: int = DEFAULT_MAX_BODY
@@ -75,12 +81,24 @@ async def run(config: SidecarConfig) -> None:
     except BaseException:
         await close_stores(stores)
         raise
+    grpc_server = None
+    if config.grpc_port is not None:
+        from statelab.sidecar import grpc  # imported only when asked for: grpcio and the dapr stubs are heavy
+
+        try:
+            grpc_server = await grpc.serve(api, config.listen_addresses, config.grpc_port, max_message=config.max_body_size)
+        except BaseException:
+            for server in servers:
+                server.close()
+            await close_stores(stores)
+            raise
     api.ready = True
     log.info(
-        "dapr-compatible sidecar ready: app id %s, HTTP on %s port %d, %d state store(s)%s",
+        "dapr-compatible sidecar ready: app id %s, HTTP on %s port %d%s, %d state store(s)%s",
         config.app_id,
         ",".join(config.listen_addresses),
         config.http_port,
+        f", gRPC on port {config.grpc_port}" if grpc_server is not None else "",
         len(stores),
         ", API token required" if api.api_token else "",
     )
@@ -92,6 +110,8 @@ async def run(config: SidecarConfig) -> None:
     log.info("shutting down")
     for server in servers:
         server.close()
+    if grpc_server is not None:
+        await grpc_server.stop(1.0)
     await close_stores(stores)
 
 
@@ -109,6 +129,6 @@ def main(config: SidecarConfig) -> int:
         log.error("%s", exc)
         return 1
     except OSError as exc:
-        log.error("cannot listen on port %d: %s", config.http_port, exc.strerror or exc)
+        log.error("cannot listen: %s", exc)  # names the address: HTTP's from asyncio, gRPC's from grpc.serve
         return 1
     return 0
