@@ -628,6 +628,10 @@ class Stack:
             raise StackError("this stack is not started")
         if child.running:
             raise StackError(f"{child.name} is still running (pid {child.proc.pid if child.proc else '?'})")
+        # A process that was just killed may hold its ports for a moment more: give them a few seconds.
+        deadline = time.monotonic() + 3
+        while not all(port_is_free(p) for p in child.ports) and time.monotonic() < deadline:
+            time.sleep(0.05)
         self._check_ports_free(child.ports)
         assert self.run_dir is not None
         child.spawn(self.run_dir, self.detach)
@@ -746,24 +750,28 @@ class Stack:
             env["DAPR_API_TOKEN"] = self.api_token
         return env
 
-    def _start_sidecars(self) -> None:
+    def _sidecar_child(self, i: int, env: dict[str, str]) -> _Child:
         assert self.run_dir is not None and self._components_dir is not None
+        port, grpc_port = self.http_port + i, self._grpc_base + i
+        options = {
+            "app-id": self.app_id,
+            "dapr-http-port": str(port),
+            "dapr-grpc-port": str(grpc_port),
+            "resources-path": str(self._components_dir),
+            "log-level": "info",
+        }
+        cmd = [sys.executable, "-m", "statelab", "sidecar", *_flags(options)]
+        return _Child(
+            name=f"sidecar-{i}", role="sidecar", cmd=cmd, log=self.run_dir / f"sidecar-{i}.log", env=env,
+            port=port, grpc_port=grpc_port,
+        )
+
+    def _start_sidecars(self) -> None:
         env = self._sidecar_env()
         for i in range(self.sidecars):
-            port, grpc_port = self.http_port + i, self._grpc_base + i
-            options = {
-                "app-id": self.app_id,
-                "dapr-http-port": str(port),
-                "dapr-grpc-port": str(grpc_port),
-                "resources-path": str(self._components_dir),
-                "log-level": "info",
-            }
-            cmd = [sys.executable, "-m", "statelab", "sidecar", *_flags(options)]
-            child = _Child(
-                name=f"sidecar-{i}", role="sidecar", cmd=cmd, log=self.run_dir / f"sidecar-{i}.log", env=env,
-                port=port, grpc_port=grpc_port,
-            )
+            child = self._sidecar_child(i, env)
             self._sidecars.append(child)
+            assert self.run_dir is not None
             child.spawn(self.run_dir, self.detach)
         for child in self._sidecars:  # started together, awaited in turn: K sidecars cost one start-up time
             self._wait_ready(child)
@@ -949,3 +957,83 @@ def down() -> bool:
     status_path().unlink(missing_ok=True)
     logger.info("stopped the local stack in %s", record["run_dir"])
     return True
+
+
+class _Adopted:
+    """A process that another Python started (``statelab up``), handled through its pid like a Popen."""
+
+    def __init__(self, pid: int, start_time: int | None) -> None:
+        self.pid = pid
+        self._start_time = start_time
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None and not _pid_alive(self.pid, self._start_time):
+            self.returncode = 0
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout or 0)
+            time.sleep(0.02)
+        return self.returncode or 0
+
+
+def attach() -> Stack | None:
+    """The stack that ``statelab up`` (or ``./scripts/lab``) recorded, if all its processes live, as a Stack.
+
+    The Stack can do everything a started one can (replicas down and up, sidecars killed and restarted);
+    processes it starts again are detached like the originals. The API token is not on disk, so a
+    sidecar restarted from here runs without one.
+    """
+    record = _read_status()
+    if record is None or not record.get("processes"):
+        return None
+    procs = {p["name"]: p for p in record["processes"]}
+    if not all(_pid_alive(p["pid"], p.get("start_time")) for p in procs.values()):
+        return None
+    sidecar0, redis0 = procs.get("sidecar-0"), procs.get("redis-0")
+    run_dir = Path(record["run_dir"])
+    stack = Stack(
+        store=record["store"],
+        replicas=int(record.get("replicas", 0)),
+        sidecars=int(record.get("sidecars", 0)),
+        app_id=record.get("app_id", "myapp"),
+        http_port=sidecar0["port"] if sidecar0 else 3500,
+        redis_port=redis0["port"] if redis0 else 6380,
+        grpc_port=sidecar0.get("grpc_port") if sidecar0 else None,
+        run_dir=run_dir,
+        appendonly=bool(record.get("appendonly", False)),
+        redis_password=_recorded_redis_password(run_dir, record["store"]),
+        detach=True,
+    )
+    stack._recorded = True
+    stack._components_dir = run_dir / "components" / stack.store
+    if stack.store == "redis":
+        stack._redis = [stack._redis_child(i) for i in range(1 + stack.redis_replicas)]
+    env = stack._sidecar_env()
+    stack._sidecars = [stack._sidecar_child(i, env) for i in range(stack.sidecars)]
+    for child in stack._redis + stack._sidecars:
+        found = procs.get(child.name)
+        if found is None:
+            return None
+        child.proc = _Adopted(found["pid"], found.get("start_time"))  # type: ignore[assignment]
+    return stack
+
+
+def _recorded_redis_password(run_dir: Path, store: str) -> str | None:
+    if store != "redis":
+        return None
+    for path in sorted((run_dir / "components" / "redis").glob("*.y*ml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            for item in ((doc or {}).get("spec") or {}).get("metadata") or []:
+                if item.get("name") == "redisPassword" and item.get("value"):
+                    return str(item["value"])
+    return None

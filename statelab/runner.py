@@ -45,8 +45,9 @@ def _short(value: Any) -> str:
 
 
 def discover(paths: list[str]) -> list[Path]:
+    """The notebooks to run: the given ones (folders expand to their NN_*.ipynb), else lessons then labs."""
     if not paths:
-        return sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+        return sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")) + sorted((ROOT / "labs").glob("[0-9][0-9]_*.ipynb"))
     found: list[Path] = []
     for p in map(Path, paths):
         found += sorted(p.glob("[0-9][0-9]_*.ipynb")) if p.is_dir() else [p]
@@ -97,6 +98,9 @@ def run_one(path: Path, output: Path, *, store: str, cell_timeout: int, extra: d
         _write_html(nb, executed.with_suffix(".html"))
     metrics_file = output / f"{path.stem}.metrics.json"
     metrics = json.loads(metrics_file.read_text())["metrics"] if metrics_file.exists() else {}
+    if not error and metrics.get("checks_passed") is False and path.parent.name != "handouts":
+        # A lab's failed check is not an error output (learners see a hint), but a solution must pass.
+        error = f"check {metrics.get('first_failed_check')} failed: {metrics.get('first_failed_hint', '')}"
     return Result(path, not error, seconds, error, metrics)
 
 

@@ -28,6 +28,7 @@ class Session:
     endpoint: str
     store_name: str = STORE_NAME
     stack: object | None = None  # statelab.local.Stack, kept untyped so real-Dapr mode never imports it
+    owns_stack: bool = True  # False for the stack of `statelab up` / ./scripts/lab: closing leaves it running
     grpc_endpoint: str | None = None  # the sidecar's gRPC address (for the Dapr SDKs), when known
     client: StateClient = field(init=False)
 
@@ -56,7 +57,8 @@ class Session:
 
     def describe(self) -> str:
         if self.stack is not None:
-            return "Started " + self.stack.describe()  # type: ignore[attr-defined]
+            verb = "Started" if self.owns_stack else "Connected to the"
+            return f"{verb} " + self.stack.describe()  # type: ignore[attr-defined]
         meta = self.client.metadata()
         runtime = meta.get("runtimeVersion", "?")
         kind = "the statelab sidecar" if str(runtime).startswith("statelab") else f"Dapr {runtime}"
@@ -96,7 +98,7 @@ class Session:
 
     def close(self) -> None:
         self.client.close()
-        if self.stack is not None:
+        if self.stack is not None and self.owns_stack:
             self.stack.stop()  # type: ignore[attr-defined]
 
 
@@ -116,6 +118,11 @@ def open_session(
     """
     if not endpoint and (os.environ.get("DAPR_HTTP_ENDPOINT") or os.environ.get("DAPR_HTTP_PORT")):
         endpoint = default_endpoint()
+        recorded = _recorded_stack(endpoint)
+        if recorded is not None:  # ./scripts/lab's stack: the lessons may use its Redis and replicas too
+            session = Session(endpoint, stack=recorded, owns_stack=False, grpc_endpoint=recorded.grpc_endpoint)
+            session.client.wait_until_ready(timeout=30)
+            return session
     if endpoint:
         session = Session(endpoint.rstrip("/"), grpc_endpoint=_grpc_endpoint_from_env())
         session.client.wait_until_ready(timeout=30)
@@ -136,6 +143,20 @@ def _grpc_endpoint_from_env() -> str | None:
         return address
     if port := os.environ.get("DAPR_GRPC_PORT"):
         return f"{os.environ.get('DAPR_RUNTIME_HOST') or '127.0.0.1'}:{port}"
+    return None
+
+
+def _recorded_stack(endpoint: str):
+    """The `statelab up` stack if ``endpoint`` is its first sidecar, else None."""
+    try:
+        from statelab.local import attach
+
+        stack = attach()
+    except Exception:  # noqa: BLE001 - an unreadable record just means "not ours": connect plainly
+        log.warning("could not read the local stack's record", exc_info=True)
+        return None
+    if stack is not None and stack.sidecars and stack.endpoint == endpoint.rstrip("/"):
+        return stack
     return None
 
 

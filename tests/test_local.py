@@ -340,3 +340,29 @@ def test_up_records_the_stack_and_down_stops_it(tmp_path: Path, monkeypatch: pyt
     assert local.status() is None
     assert all(local.port_is_free(port) for port in stack.ports)
     assert not local.down()
+
+
+def test_a_session_on_the_recorded_stack_can_inject_faults_and_leaves_it_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What ./scripts/lab gives the kernels: DAPR_HTTP_ENDPOINT of a `statelab up` stack, used as local."""
+    from statelab.session import open_session
+
+    monkeypatch.setenv("STATELAB_HOME", str(tmp_path / "home"))
+    base = free_port_base(12)
+    stack = local.up(store="redis", replicas=1, sidecars=2, http_port=base, redis_port=base + 4, grpc_port=base + 8)
+    try:
+        monkeypatch.setenv("DAPR_HTTP_ENDPOINT", stack.endpoint)
+        session = open_session()
+        assert session.local and not session.owns_stack
+        assert session.endpoints == stack.endpoints
+        session.client.save("statestore", "k", 1)
+        assert session.peek("k")["fields"] == {"data": "1", "version": "1"}
+        session.stack.stop_replica(0)
+        session.stack.start_replica(0)
+        session.stack.kill_sidecar(1)
+        session.stack.start_sidecar(1)
+        session.close()
+        assert all(p["alive"] for p in local.status()["processes"])  # closing the session left it running
+    finally:
+        assert local.down()
