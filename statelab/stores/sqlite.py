@@ -95,6 +95,7 @@ class SQLiteStore(StateStore):
         self._local = threading.local()
         self._pool = ThreadPoolExecutor(max_workers=1 if self.memory else 4, thread_name_prefix="sqlite")
         self._keeper: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None  # point reads on the event loop itself (see get)
 
     # --- connections -----------------------------------------------------------------------------
 
@@ -150,12 +151,16 @@ class SQLiteStore(StateStore):
                 raise
 
         await self._run(create)
+        if not self.memory:
+            self._reader = self._connect()
+            self._reader.execute("PRAGMA busy_timeout = 0")  # never block the event loop; fall back instead
         log.info("sqlite store at %s (WAL %s)", self.target, "on" if self.wal and not self.memory else "off")
 
     async def close(self) -> None:
         self._pool.shutdown(wait=True)
-        if self._keeper is not None:
-            self._keeper.close()
+        for conn in (self._keeper, self._reader):
+            if conn is not None:
+                conn.close()
 
     async def ping(self) -> None:
         await self._run(lambda c: c.execute("SELECT 1").fetchone())
@@ -168,12 +173,17 @@ class SQLiteStore(StateStore):
         return Item(data, etag, _unix(expiration))
 
     async def get(self, key: str, *, consistency: str = "", metadata: dict[str, str] | None = None) -> Item | None:
-        row = await self._run(
-            lambda c: c.execute(
-                f"SELECT value, is_binary, etag, expiration_time FROM {self.table} WHERE key = ? AND {_LIVE}",
-                (key,),
-            ).fetchone()
-        )
+        sql = f"SELECT value, is_binary, etag, expiration_time FROM {self.table} WHERE key = ? AND {_LIVE}"
+        row = None
+        if self._reader is not None:
+            # A point read in WAL mode does not wait for writers, so it runs right here: a thread hop costs
+            # more than the query. If SQLite is busy anyway (a checkpoint, recovery), the pool takes over.
+            try:
+                row = self._reader.execute(sql, (key,)).fetchone()
+                return None if row is None else self._item(*row)
+            except sqlite3.OperationalError:
+                pass
+        row = await self._run(lambda c: c.execute(sql, (key,)).fetchone())
         return None if row is None else self._item(*row)
 
     async def bulk_get(self, keys: Sequence[str], *, parallelism: int = 0, metadata=None) -> list[BulkItem]:
