@@ -19,6 +19,26 @@ class GoJSONError(ValueError):
     """A body Go's decoder would reject; the message imitates Go's wording."""
 
 
+# Nesting accepted in a request body. Go allows 10000 levels; Python's recursion limit (1000 frames, shared
+# with the decoder, the store encoders and the bulk response) does not, and where it ran out depended on the
+# call site: a value accepted by a save could fail later as an internal error. One explicit limit, well
+# inside the recursion limit, keeps every path consistent (README: "differs on purpose").
+MAX_DEPTH = 512
+
+
+def _too_deep(value: Any) -> bool:
+    """True if ``value`` nests lists/objects more than MAX_DEPTH levels (iterative: no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return True
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, (list, dict)):
+                stack.append((child, depth + 1))
+    return False
+
+
 def _parse_number(text: str) -> float:
     value = float(text)
     if math.isinf(value):
@@ -53,6 +73,9 @@ def loads(body: bytes) -> Any:
         raise GoJSONError(f"invalid character {text[exc.pos]!r} looking for beginning of value") from None
     except RecursionError:
         raise GoJSONError("exceeded max depth") from None
+    # Counting brackets (strings included) is a cheap bound: fewer than MAX_DEPTH cannot nest deeper.
+    if isinstance(value, (list, dict)) and body.count(b"[") + body.count(b"{") > MAX_DEPTH and _too_deep(value):
+        raise GoJSONError("exceeded max depth")
     return value
 
 

@@ -8,9 +8,12 @@ malformed requests, and that a slow client does not hold up anyone else.
 from __future__ import annotations
 
 import json
+import os
 import socket
+import threading
 import time
 import uuid
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -215,3 +218,131 @@ def test_many_concurrent_connections_are_all_served(addr):
         for s in socks:
             s.close()
     assert statuses == [204] * 200
+
+
+# --- limits: what one hostile client can make the sidecar hold -------------------------------------------------
+
+MAX_BODY = 4 * 1024 * 1024
+
+
+def _raw(method: str, path: str, body: bytes, *, chunked: bool = False) -> bytes:
+    if chunked:
+        framed = b"".join(b"%x\r\n%s\r\n" % (len(body[i : i + 65536]), body[i : i + 65536]) for i in range(0, len(body), 65536))
+        return f"{method} {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode() + framed + b"0\r\n\r\n"
+    return f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+@pytest.mark.parametrize(
+    ("method", "path", "wrap"),
+    [
+        ("POST", f"/v1.0/state/{STORE_NAME}", False),
+        ("PUT", f"/v1.0/state/{STORE_NAME}", False),
+        ("POST", f"/v1.0/state/{STORE_NAME}/bulk", True),
+        ("PUT", f"/v1.0/state/{STORE_NAME}/transaction", True),
+        ("PUT", "/v1.0/metadata/big", False),
+    ],
+)
+def test_every_body_over_4_mib_is_daprs_400_and_writes_nothing(addr, method, path, wrap, chunked):
+    key = f"big-{uuid.uuid4().hex[:8]}"
+    # Valid JSON that would write `key` if it were let through.
+    if path.endswith("/transaction"):
+        body = json.dumps({"operations": [{"operation": "upsert", "request": {"key": key, "value": "x" * MAX_BODY}}]})
+    elif path.endswith("/bulk"):
+        body = json.dumps({"keys": [key] * (MAX_BODY // 8)})
+    else:
+        body = json.dumps([{"key": key, "value": "x" * MAX_BODY}])
+    buf = bytearray()
+    with _connect(addr) as sock:
+        sock.sendall(_raw(method, path, body.encode(), chunked=chunked))
+        status, headers, got = _read_response(sock, buf)
+        assert status == 400
+        assert headers["content-type"] == "application/json"
+        error = json.loads(got)
+        assert error["errorCode"] == "ERR_MALFORMED_REQUEST"
+        assert "stream too large" in error["message"]
+        if wrap:
+            assert error["message"].startswith("failed deserializing HTTP body: ")
+        sock.sendall(_get_request(key))  # the connection is still usable, and nothing was written
+        assert _read_response(sock, buf)[0] == 204
+    meta = requests.get(f"http://{addr[0]}:{addr[1]}/v1.0/metadata").json()
+    assert len(meta["extended"].get("big", "")) <= MAX_BODY
+
+
+def test_headers_over_1_mib_get_431_and_the_connection_closes(addr):
+    with _connect(addr) as sock:
+        sock.sendall(b"GET /v1.0/healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        try:
+            for _ in range(64):  # 64 MiB offered; the sidecar stops reading after ~1 MiB
+                sock.sendall(b"a" * (1 << 20))
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        data = _read_until_closed(sock)
+    assert data.startswith(b"HTTP/1.1 431 ")
+    assert requests.get(f"http://{addr[0]}:{addr[1]}/v1.0/healthz", timeout=5).status_code == 204
+
+
+def test_a_key_of_100_kib_in_the_path_is_served(addr):
+    # Over 64 KiB the request line outgrew httptools' URL parser; Go's limit is the 1 MiB header limit.
+    key = "k" + "é" * 50_000
+    base = f"http://{addr[0]}:{addr[1]}/v1.0/state/{STORE_NAME}"
+    assert requests.post(base, json=[{"key": key, "value": "long"}]).status_code == 204
+    got = requests.get(f"{base}/{quote(key, safe='')}")
+    assert got.status_code == 200 and got.json() == "long"
+    assert requests.delete(f"{base}/{quote(key, safe='')}").status_code == 204
+
+
+def _vm_hwm_kib(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads Linux /proc")
+def test_pipelined_large_bodies_do_not_pile_up_in_the_sidecar(addr, stacks):
+    """A client that pipelines 40 bodies of 4 MiB is read one body ahead, not 160 MiB ahead."""
+    pid = stacks["in-memory"].pids["sidecar-0"]
+    peak_before = _vm_hwm_kib(pid)
+    body = b"[" + b" " * (MAX_BODY - 2) + b"x"  # not JSON: answered 400 without being stored
+    request = _raw("POST", f"/v1.0/state/{STORE_NAME}", body)
+    statuses = []
+    with _connect(addr) as sock:
+        sender = threading.Thread(target=lambda: [sock.sendall(request) for _ in range(40)], daemon=True)
+        sender.start()
+        buf = bytearray()
+        for _ in range(40):
+            statuses.append(_read_response(sock, buf)[0])
+        sender.join(30)
+    assert statuses == [400] * 40
+    grown_mib = (_vm_hwm_kib(pid) - peak_before) / 1024
+    assert grown_mib < 64, f"the sidecar's peak memory grew by {grown_mib:.0f} MiB"
+
+
+def test_a_client_that_never_reads_its_answers_does_not_block_others(addr):
+    key = f"fat-{uuid.uuid4().hex[:8]}"
+    url = f"http://{addr[0]}:{addr[1]}"
+    assert requests.post(f"{url}/v1.0/state/{STORE_NAME}", json=[{"key": key, "value": "z" * (1 << 20)}]).status_code == 204
+    with _connect(addr) as greedy:
+        greedy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        greedy.settimeout(0.5)
+        try:
+            for _ in range(100):  # 100 MiB of answers asked for, none read
+                greedy.sendall(_get_request(key))
+        except TimeoutError:
+            pass  # the sidecar stopped reading from us: it is holding back, as it should
+        for _ in range(20):
+            assert requests.get(f"{url}/v1.0/healthz", timeout=5).status_code == 204
+        assert requests.get(f"{url}/v1.0/state/{STORE_NAME}/{key}", timeout=5).status_code == 200
+
+
+def test_hundreds_of_idle_connections_do_not_block_others(addr):
+    idle = [_connect(addr) for _ in range(300)]
+    try:
+        for sock in idle[::2]:
+            sock.sendall(b"GET /v1.0/healthz HTTP/1.1\r\nHost: x\r\n")  # half a request head, then silence
+        for _ in range(20):
+            assert requests.get(f"http://{addr[0]}:{addr[1]}/v1.0/healthz", timeout=5).status_code == 204
+    finally:
+        for sock in idle:
+            sock.close()

@@ -91,6 +91,26 @@ _BAD_REQUEST = (
     b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
     b"Connection: close\r\n\r\n400 Bad Request"
 )
+# Go's net/http reads at most 1 MiB (+4 KiB) of request line and headers, then answers this and closes.
+MAX_HEAD_BYTES = (1 << 20) + 4096
+_HEAD_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Connection: close\r\n\r\n431 Request Header Fields Too Large"
+)
+
+
+def split_target(target: bytes) -> tuple[str, str]:
+    """(path, query) of a request-target, read as Go's url.ParseRequestURI does: no length limit
+    (httptools.parse_url stops at 64 KiB) and no fragment ('#' stays in the path or query)."""
+    text = target.decode("latin-1")
+    if not text.startswith("/"):
+        # absolute-form, as proxies send it: http://host:port/path?query
+        _, sep, rest = text.partition("://")
+        if sep:
+            cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+            text = rest[cut:]
+    path, _, query = text.partition("?")
+    return path or "/", query
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -108,7 +128,11 @@ class HttpProtocol(asyncio.Protocol):
         self.closing = False
         self.closing_after_pending = False
         self.broken = False
+        self.final_answer = _BAD_REQUEST  # what a broken connection gets before it is closed
         self.reading_paused = False
+        self.pending_bytes = 0  # bodies of parsed requests not yet answered
+        self.reading_head = True  # between messages or inside a request line / headers
+        self.head_bytes = 0
         self.writable = asyncio.Event()
         self.writable.set()
         self.timer: asyncio.TimerHandle | None = None
@@ -141,12 +165,20 @@ class HttpProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = self.loop.time()
+        if self.broken:
+            return
+        if self.reading_head:
+            self.head_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail()
         except httptools.HttpParserError:
             self._fail()
+        else:
+            if self.reading_head and self.head_bytes > MAX_HEAD_BYTES:
+                # httptools buffers an unfinished header line itself: stop feeding it.
+                self._fail(_HEAD_TOO_LARGE)
 
     def eof_received(self) -> bool | None:
         # A client that half-closes after sending still gets its answers, then the connection closes.
@@ -166,6 +198,7 @@ class HttpProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._reset()
         self.in_message = True
+        self.reading_head = True
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -179,6 +212,8 @@ class HttpProtocol(asyncio.Protocol):
             self.headers[key] = text
 
     def on_headers_complete(self) -> None:
+        self.reading_head = False
+        self.head_bytes = 0
         if self.headers.get("expect", "").lower() == "100-continue" and self.parser.get_http_version() == "1.1":
             assert self.transport is not None
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -194,9 +229,8 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.in_message = False
-        url = httptools.parse_url(self.url) if self.url else None
-        path = url.path.decode("latin-1") if url and url.path else "/"
-        query = url.query.decode("latin-1") if url and url.query else ""
+        self.reading_head = True
+        path, query = split_target(self.url)
         req = Request(
             self.parser.get_method().decode("latin-1"),
             path,
@@ -207,7 +241,9 @@ class HttpProtocol(asyncio.Protocol):
         )
         req.keep_alive = self.parser.should_keep_alive()
         self.pending.append(req)
-        if len(self.pending) > 64 and not self.reading_paused and self.transport:
+        self.pending_bytes += len(req.body)
+        # Pipelined requests wait their turn; stop reading before they pile up (count or body bytes).
+        if (len(self.pending) > 64 or self.pending_bytes > self.max_body) and not self.reading_paused and self.transport:
             self.reading_paused = True
             self.transport.pause_reading()
         if self.worker is None or self.worker.done():
@@ -220,7 +256,8 @@ class HttpProtocol(asyncio.Protocol):
         assert transport is not None
         while self.pending and not self.closing:
             req = self.pending.popleft()
-            if self.reading_paused and len(self.pending) < 16:
+            self.pending_bytes -= len(req.body)
+            if self.reading_paused and len(self.pending) < 16 and self.pending_bytes <= self.max_body and not self.broken:
                 self.reading_paused = False
                 transport.resume_reading()
             try:
@@ -248,9 +285,10 @@ class HttpProtocol(asyncio.Protocol):
             self.closing = True
             transport.close()
 
-    def _fail(self) -> None:
+    def _fail(self, answer: bytes = _BAD_REQUEST) -> None:
         """Malformed HTTP: answer what came before, then a plain 400 (as Go's net/http), then close."""
         self.broken = True
+        self.final_answer = answer
         if self.transport:
             self.transport.pause_reading()
         if not self.pending and not (self.worker and not self.worker.done()):
@@ -259,7 +297,7 @@ class HttpProtocol(asyncio.Protocol):
     def _write_bad_request(self) -> None:
         if self.transport and not self.closing:
             self.closing = True
-            self.transport.write(_BAD_REQUEST)
+            self.transport.write(self.final_answer)
             self.transport.close()
 
     def _check_idle(self) -> None:

@@ -74,6 +74,11 @@ class BulkItem:
 
 
 _INT = re.compile(r"[+-]?[0-9]+")  # what Go's strconv accepts: no spaces, no underscores
+# The longest TTL a Go time.Duration holds. Dapr's stores multiply ttlInSeconds by time.Second, which
+# silently overflows above this; statelab refuses such a TTL (a 500 like any bad ttlInSeconds) rather than
+# write an item whose expiry cannot be represented (Redis refuses the EXPIRE after the write, Python's
+# datetime cannot format the expiry time).
+MAX_TTL_SECONDS = (2**63 - 1) // 10**9
 
 
 def check_options(concurrency: str, consistency: str) -> None:
@@ -97,6 +102,8 @@ def parse_ttl(metadata: dict[str, str]) -> int | None:
     value = int(raw)
     if not -(2**63) <= value < 2**63:
         raise InvalidRequestOption(f'strconv.ParseInt: parsing "{raw}": value out of range')
+    if value > MAX_TTL_SECONDS:
+        raise InvalidRequestOption(f"ttlInSeconds {raw} is out of range: at most {MAX_TTL_SECONDS} seconds")
     return value
 
 

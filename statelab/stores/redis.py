@@ -198,6 +198,8 @@ class RedisStore(StateStore):
             etag = req.etag or ""
             if not _is_go_int(etag):
                 raise ETagInvalid(f'strconv.Atoi: parsing "{etag}": invalid syntax')
+            if not -(2**63) <= int(etag) < 2**63:
+                raise ETagInvalid(f'strconv.Atoi: parsing "{etag}": value out of range')
             version = str(int(etag))
         data = req.value if isinstance(req.value, bytes) else gojson.dumps_jsoniter(req.value)
         first_write = "1" if req.concurrency == FIRST_WRITE and not in_transaction else "0"
