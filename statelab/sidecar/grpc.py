@@ -238,15 +238,8 @@ class DaprServicer(api_service_v1.DaprServicer):
     @_rpc
     async def DeleteState(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         store = self._store(request.store_name)
-        concurrency, consistency = _options(request)
-        delete = DeleteRequest(
-            key=state.prefixed(store, request.key),
-            etag=request.etag.value if request.HasField("etag") else None,
-            metadata=dict(request.metadata),
-            concurrency=concurrency,
-            consistency=consistency,
-        )
-        failure = await state.delete(store, [delete])
+        # DeleteStateRequest carries the same key/etag/options/metadata fields as a StateItem.
+        failure = await state.delete(store, [_delete_request(store, request)])
         if failure is not None:
             raise basic(
                 _FAILURE_CODE[failure.kind],
