@@ -2,7 +2,8 @@
 
 Each key is a hash ``appid||key -> {data, version[, first-write]}``. Writes run as Lua scripts so the
 version check and the write are one atomic step; the scripts are loaded once and called by SHA.
-The ETag is the integer ``version``. Dapr's quirks are kept on purpose because learners meet them on
+The ETag is the integer ``version``. Commands go through ``statelab.stores.resp``, a small pipelined
+client (redis-py's per-command overhead made it the sidecar's bottleneck). Dapr's quirks are kept on purpose because learners meet them on
 a real sidecar too: an ETag on a missing key creates it, last-write ignores the ETag, a key once
 written with first-write refuses later writes without an ETag, and ``consistency=strong`` sends
 ``WAIT <replicas> 1000`` whose answer is not checked. Transactions are MULTI/EXEC, not atomic.
@@ -13,12 +14,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from typing import Any
-
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 
 from statelab import gojson
 from statelab.components import parse_duration
@@ -36,6 +31,7 @@ from statelab.stores.base import (
     check_options,
     parse_ttl,
 )
+from statelab.stores.resp import ReplyError, RespClient
 
 log = logging.getLogger(__name__)
 
@@ -104,52 +100,49 @@ class RedisStore(StateStore):
         except InvalidRequestOption as exc:
             raise ComponentError(f"redis store error: ttlInSeconds: {exc}") from None
         self.replicas = 0
-        self._client: aioredis.Redis | None = None
+        self._client: RespClient | None = None
 
     @property
-    def client(self) -> aioredis.Redis:
+    def client(self) -> RespClient:
         assert self._client is not None, "init() first"
         return self._client
 
     async def init(self) -> None:
-        self._client = aioredis.Redis(
-            host=self.host,
-            port=self.port,
-            db=self.db,
-            username=self.username,
+        self._client = RespClient(
+            self.host,
+            self.port,
             password=self.password,
-            socket_connect_timeout=self.dial_timeout,
-            socket_timeout=self.read_timeout,
-            max_connections=self.pool_size,
-            # A restarted Redis leaves dead pooled connections: reconnect instead of failing once.
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.008), self.max_retries, (RedisConnectionError,)),
-            health_check_interval=0,
+            username=self.username,
+            db=self.db,
+            connect_timeout=self.dial_timeout,
+            read_timeout=self.read_timeout,
+            # A restarted Redis drops the connection: reconnect instead of failing at once.
+            retries=self.max_retries,
+            pool_size=min(self.pool_size, 32),
+            scripts=(_SET, _DELETE),
         )
-        self._set = self.client.register_script(_SET)
-        self._delete = self.client.register_script(_DELETE)
-        info = await self.client.info("replication")
+        self._set_sha, self._delete_sha = RespClient.sha(_SET), RespClient.sha(_DELETE)
+        info = _ok(await self.client.call("INFO", "replication")).decode()
         # Read once, as Dapr does: replicas added later are not waited for.
-        self.replicas = int(info.get("connected_slaves", 0))
-        await self.client.script_load(_SET)
-        await self.client.script_load(_DELETE)
+        fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+        self.replicas = int(fields.get("connected_slaves", "0"))
         log.info("redis store at %s:%d, %d connected replica(s)", self.host, self.port, self.replicas)
 
     async def close(self) -> None:
         if self._client is not None:
-            await self._client.aclose()
+            await self._client.close()
 
     async def ping(self) -> None:
-        await self.client.ping()
+        _ok(await self.client.call("PING"))
 
     # --- reads ---------------------------------------------------------------------------------------
 
     async def get(self, key: str, *, consistency: str = "", metadata: dict[str, str] | None = None) -> Item | None:
         try:
-            try:
-                fields = await self.client.hgetall(key)
-            except ResponseError:
+            fields = await self.client.call("HGETALL", key)
+            if isinstance(fields, ReplyError):
                 # Not a hash (a plain string written by something else): Dapr returns it without ETag.
-                raw = await self.client.get(key)
+                raw = _ok(await self.client.call("GET", key))
                 return None if raw is None else Item(raw, "")
         except Exception as exc:
             raise StoreError(_describe(exc)) from None
@@ -157,24 +150,18 @@ class RedisStore(StateStore):
 
     async def bulk_get(self, keys: Sequence[str], *, parallelism: int = 0, metadata=None) -> list[BulkItem]:
         out: list[BulkItem] = []
-        async with self.client.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.hgetall(key)
-            try:
-                results = await pipe.execute(raise_on_error=False)
-            except Exception as exc:
-                raise StoreError(_describe(exc)) from None
+        try:
+            results = await self.client.pipeline([("HGETALL", key) for key in keys])
+        except Exception as exc:
+            raise StoreError(_describe(exc)) from None
         for key, fields in zip(keys, results, strict=False):
-            if isinstance(fields, Exception):
-                if isinstance(fields, ResponseError):
-                    try:
-                        raw = await self.client.get(key)
-                    except Exception as exc:
-                        out.append(BulkItem(key, error=_describe(exc)))
-                        continue
-                    out.append(BulkItem(key, None if raw is None else Item(raw, "")))
-                else:
-                    out.append(BulkItem(key, error=str(fields)))
+            if isinstance(fields, ReplyError):
+                try:
+                    raw = _ok(await self.client.call("GET", key))
+                except Exception as exc:
+                    out.append(BulkItem(key, error=_describe(exc)))
+                    continue
+                out.append(BulkItem(key, None if raw is None else Item(raw, "")))
             else:
                 try:
                     out.append(BulkItem(key, _hash_item(fields)))
@@ -207,20 +194,30 @@ class RedisStore(StateStore):
 
     async def set(self, req: SetRequest) -> None:
         keys, args = self._set_args(req)
+        write = ("EVALSHA", self._set_sha, 1, *keys, *args)
+        strong = req.consistency == STRONG and self.replicas > 0
         try:
-            await self._set(keys=keys, args=args)
-        except ResponseError as exc:
-            if req.has_etag:
-                raise ETagMismatch(str(exc)) from None
-            raise StoreError(f"failed to set key {req.key}: {exc}") from None
+            if strong:
+                # WAIT counts only this connection's writes, so both go down one connection of their own.
+                reply, waited = await self.client.exclusive([write, ("WAIT", self.replicas, 1000)])
+            else:
+                reply = await self._evalsha(write, _SET)
         except Exception as exc:
             raise StoreError(_describe(exc)) from None
-        if req.consistency == STRONG and self.replicas > 0:
-            try:
-                # Dapr does not look at how many replicas acknowledged; only a failed command errors.
-                await self.client.execute_command("WAIT", self.replicas, 1000)
-            except Exception as exc:
-                raise StoreError(f"redis waiting for {self.replicas} replicas to acknowledge write, err: {exc}") from None
+        if isinstance(reply, ReplyError):
+            if req.has_etag:
+                raise ETagMismatch(str(reply)) from None
+            raise StoreError(f"failed to set key {req.key}: {reply}") from None
+        if strong and isinstance(waited, ReplyError):
+            # Dapr does not look at how many replicas acknowledged; only a failed command errors.
+            raise StoreError(f"redis waiting for {self.replicas} replicas to acknowledge write, err: {waited}")
+
+    async def _evalsha(self, command: tuple[Any, ...], script: str) -> Any:
+        reply = await self.client.call(*command)
+        if isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT"):
+            # Someone ran SCRIPT FLUSH: send the source once, which caches it again.
+            reply = await self.client.call("EVAL", script, *command[2:])
+        return reply
 
     def _delete_args(self, req: DeleteRequest, *, in_transaction: bool = False) -> tuple[list[Any], list[Any]]:
         if not in_transaction:
@@ -230,35 +227,46 @@ class RedisStore(StateStore):
     async def delete(self, req: DeleteRequest) -> None:
         keys, args = self._delete_args(req)
         try:
-            await self._delete(keys=keys, args=args)
+            reply = await self._evalsha(("EVALSHA", self._delete_sha, 1, *keys, *args), _DELETE)
         except Exception as exc:
+            reply = exc
+        if isinstance(reply, Exception):
             # Dapr reports every error of the delete script as an ETag mismatch.
-            raise ETagMismatch(_describe(exc)) from None
+            raise ETagMismatch(_describe(reply)) from None
 
     async def transact(self, ops: Sequence[Operation], metadata: dict[str, str]) -> None:
         # Argument errors (bad option, bad etag) surface before anything is sent, like Dapr's Go code.
-        prepared = [
-            (self._set, *self._set_args(op, in_transaction=True))
-            if isinstance(op, SetRequest)
-            else (self._delete, *self._delete_args(op, in_transaction=True))
-            for op in ops
-        ]
+        commands = []
+        for op in ops:
+            script, (keys, args) = (
+                (_SET, self._set_args(op, in_transaction=True))
+                if isinstance(op, SetRequest)
+                else (_DELETE, self._delete_args(op, in_transaction=True))
+            )
+            # EVAL with the source: inside MULTI a missing script would only show up after EXEC.
+            commands.append(("EVAL", script, len(keys), *keys, *args))
         try:
-            async with self.client.pipeline(transaction=True) as pipe:
-                for script, keys, args in prepared:
-                    await script(keys=keys, args=args, client=pipe)
-                results = await pipe.execute(raise_on_error=False)
+            results = await self.client.transaction(commands)
         except Exception as exc:
             raise StoreError(_describe(exc)) from None
-        failures = [r for r in results if isinstance(r, Exception)]
+        if isinstance(results, ReplyError):
+            raise StoreError(str(results))
+        failures = [r for r in results if isinstance(r, ReplyError)]
         if failures:
             # MULTI/EXEC has no rollback: the other operations were applied.
             raise StoreError("; ".join(str(f) for f in failures))
 
 
-def _hash_item(fields: dict[bytes, bytes]) -> Item | None:
-    if not fields:
+def _ok(reply: Any) -> Any:
+    if isinstance(reply, ReplyError):
+        raise reply
+    return reply
+
+
+def _hash_item(reply: list[bytes]) -> Item | None:
+    if not reply:
         return None
+    fields = dict(zip(reply[::2], reply[1::2], strict=True))
     if b"data" not in fields or b"version" not in fields:
         raise StoreError("required hash field 'data' or 'version' was not found")
     return Item(fields[b"data"], fields[b"version"].decode())
