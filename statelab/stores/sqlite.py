@@ -13,6 +13,7 @@ import asyncio
 import base64
 import calendar
 import logging
+import queue
 import sqlite3
 import threading
 import time
@@ -94,6 +95,7 @@ class SQLiteStore(StateStore):
         self.wal = (metadata.get("disableWAL") or "false").lower() not in ("true", "1", "yes", "y", "on")
         self._local = threading.local()
         self._pool = ThreadPoolExecutor(max_workers=1 if self.memory else 4, thread_name_prefix="sqlite")
+        self._writes: GroupWriter | None = None  # set/delete/transaction, one thread (see GroupWriter)
         self._keeper: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None  # point reads on the event loop itself (see get)
 
@@ -114,7 +116,10 @@ class SQLiteStore(StateStore):
             conn = self._local.conn = self._connect()
         return conn
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool = False, alone: bool = False) -> T:
+        if write and self._writes is not None:
+            return await self._writes.submit(fn, alone=alone)
+
         def call() -> T:
             try:
                 return fn(self._conn())
@@ -152,12 +157,15 @@ class SQLiteStore(StateStore):
 
         await self._run(create)
         if not self.memory:
+            self._writes = GroupWriter(self._connect)
             self._reader = self._connect()
             self._reader.execute("PRAGMA busy_timeout = 0")  # never block the event loop; fall back instead
         log.info("sqlite store at %s (WAL %s)", self.target, "on" if self.wal and not self.memory else "off")
 
     async def close(self) -> None:
         self._pool.shutdown(wait=True)
+        if self._writes is not None:
+            self._writes.close()
         for conn in (self._keeper, self._reader):
             if conn is not None:
                 conn.close()
@@ -261,11 +269,11 @@ class SQLiteStore(StateStore):
     async def set(self, req: SetRequest) -> None:
         check_options(req.concurrency, req.consistency)
         ttl = _ttl(req)
-        await self._run(lambda c: self._write(c, req, ttl))
+        await self._run(lambda c: self._write(c, req, ttl), write=True)
 
     async def delete(self, req: DeleteRequest) -> None:
         check_options(req.concurrency, req.consistency)
-        await self._run(lambda c: self._remove(c, req))
+        await self._run(lambda c: self._remove(c, req), write=True)
 
     async def transact(self, ops: Sequence[Operation], metadata: dict[str, str]) -> None:
         ttls: list[int | None] = []
@@ -286,4 +294,125 @@ class SQLiteStore(StateStore):
                 c.execute("ROLLBACK")
                 raise
 
-        await self._run(run)
+        await self._run(run, write=True, alone=True)
+
+
+class GroupWriter:
+    """One thread applies every write; writes that queue up while it works are committed together.
+
+    Each write is its own autocommit transaction when it arrives alone. Under load, the writes waiting
+    in the queue run in one ``BEGIN IMMEDIATE ... COMMIT``, each inside a savepoint, so one write's
+    failure (an ETag mismatch) undoes only that write. Nobody hears back before the COMMIT, so an
+    acknowledged write is a committed one. Why: with one commit (and one WAL sync) per write, 32
+    concurrent saves ran at 3.3k/s, most of it waiting on SQLite's write lock and sync.
+    """
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection], max_group: int = 64) -> None:
+        self._connect = connect
+        self.max_group = max_group
+        self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
+        self.commits = 0  # transactions the writes went out in (benchmarks and tests read these)
+        self.writes = 0
+        self._thread = threading.Thread(target=self._loop, name="sqlite-write", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[[sqlite3.Connection], T], *, alone: bool = False) -> asyncio.Future[T]:
+        """``alone``: the write runs its own transaction (``BEGIN`` inside ``fn``), never in a group."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Write(fn, alone, loop, fut))
+        return fut
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _loop(self) -> None:
+        conn: sqlite3.Connection | None = None
+        held: _Write | None = None
+        while True:
+            item = held if held is not None else self._queue.get()
+            held = None
+            if item is None:
+                break
+            group = [item]
+            while not item.alone and len(group) < self.max_group:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None or nxt.alone:
+                    held = nxt
+                    if nxt is None:
+                        self._queue.put(None)  # stop once this group and the held one are done
+                        held = None
+                    break
+                group.append(nxt)
+            if conn is None:
+                try:
+                    conn = self._connect()
+                except sqlite3.Error as exc:
+                    _settle([(w, StoreError(str(exc)), False) for w in group])
+                    continue
+            self.writes += len(group)
+            self.commits += 1
+            if len(group) == 1:
+                _settle([_apply(conn, group[0])])
+            else:
+                _settle(self._apply_group(conn, group))
+        if conn is not None:
+            conn.close()
+
+    @staticmethod
+    def _apply_group(conn: sqlite3.Connection, group: list[_Write]) -> list[tuple[_Write, Any, bool]]:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            outcomes = []
+            for w in group:
+                conn.execute("SAVEPOINT write")
+                try:
+                    outcomes.append((w, w.fn(conn), True))
+                except Exception as exc:  # noqa: BLE001 - this write's failure, delivered to its caller
+                    conn.execute("ROLLBACK TO write")
+                    outcomes.append((w, StoreError(str(exc)) if isinstance(exc, sqlite3.Error) else exc, False))
+                conn.execute("RELEASE write")
+            conn.execute("COMMIT")
+            return outcomes
+        except sqlite3.Error:
+            # The group itself failed (busy beyond the timeout, disk full): each write tries on its own.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            return [_apply(conn, w) for w in group]
+
+
+class _Write:
+    __slots__ = ("fn", "alone", "loop", "fut")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any], alone: bool, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any]):
+        self.fn, self.alone, self.loop, self.fut = fn, alone, loop, fut
+
+
+def _apply(conn: sqlite3.Connection, w: _Write) -> tuple[_Write, Any, bool]:
+    try:
+        return (w, w.fn(conn), True)
+    except sqlite3.Error as exc:
+        return (w, StoreError(str(exc)), False)
+    except Exception as exc:  # noqa: BLE001 - delivered to the caller
+        return (w, exc, False)
+
+
+def _settle(outcomes: list[tuple[_Write, Any, bool]]) -> None:
+    """Hand results back to the event loop, one wake-up for the whole group."""
+
+    def deliver() -> None:
+        for w, value, ok in outcomes:
+            if not w.fut.done():
+                if ok:
+                    w.fut.set_result(value)
+                else:
+                    w.fut.set_exception(value)
+
+    try:
+        outcomes[0][0].loop.call_soon_threadsafe(deliver)
+    except RuntimeError:  # the loop is closed: nobody is waiting any more
+        pass
