@@ -10,6 +10,8 @@
 4. The notebook suite: papermill wall time per notebook with CI parameters.
 
 Load comes from Debian's ``hey`` (``apt-get install hey``), a Go generator that is not the bottleneck.
+The figures also go to ``docs/benchmarks.json``; when ``benchmarks/baseline.json`` (a run from before the
+performance work, same format) is there, the report opens with a before/after table.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from benchmarks import hey, writers_scaling
 from statelab.local import Stack, port_is_free
 
 ROOT = Path(__file__).resolve().parent.parent
+BASELINE = ROOT / "benchmarks" / "baseline.json"
 DAPRD_V118 = {"p50": 0.58, "p90": 0.93, "p99": 1.36}  # ms, published perf run (Kubernetes, in-memory, HTTP)
 STORES = ("in-memory", "sqlite", "redis")
 
@@ -143,11 +146,38 @@ def _plot(latency: dict, throughput: list[dict], target: Path) -> None:
     plt.close(fig)
 
 
+def compare(before: dict, after: dict) -> str:
+    """A before/after table of the headline figures both runs have."""
+    rows: list[tuple[str, object, object]] = []
+    if "latency" in before and "latency" in after:
+        for q in ("p50", "p90", "p99"):
+            rows.append((f"scenario 1 {q}, ms", before["latency"][q], after["latency"][q]))
+    old = {r["store"]: r for r in before.get("throughput", [])}
+    for new in after.get("throughput", []):
+        if (was := old.get(new["store"])) is None:
+            continue
+        for key in ("get_rps", "save_rps", "delete_rps", "get_vs_trivial", "get_vs_redis_py"):
+            if key in was and key in new:
+                rows.append((f"{new['store']} {key.replace('_rps', ' req/s').replace('_', ' ')}", was[key], new[key]))
+    old_w = {(r["store"], r["writers"]): r for r in before.get("writers", [])}
+    for new in after.get("writers", []):
+        if new["writers"] >= 16 and (was := old_w.get((new["store"], new["writers"]))) is not None:
+            rows.append((f"{new['store']}, {new['writers']} writers: wall s", was["wall_s"], new["wall_s"]))
+    if before.get("notebooks") and after.get("notebooks"):
+        rows.append(("notebook suite, s", round(sum(r["seconds"] for r in before["notebooks"]), 1),
+                     round(sum(r["seconds"] for r in after["notebooks"]), 1)))
+    lines = [f"## Before and after the performance work\n\nBefore: {before.get('note', before.get('date', ''))}. "
+             f"After: this run.\n", "| figure | before | after |", "|---|---|---|"]
+    lines += [f"| {name} | {b} | {a} |" for name, b, a in rows]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short runs (10 s latency, 3 s throughput)")
     parser.add_argument("--skip", default="", help="comma-separated scenarios to skip: latency,throughput,writers,notebooks")
     parser.add_argument("--output", default=str(ROOT / "docs" / "benchmarks.md"))
+    parser.add_argument("--baseline", default=str(BASELINE), help="JSON of an earlier run to compare with")
     args = parser.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
     target = Path(args.output)
@@ -158,17 +188,22 @@ def main(argv: list[str] | None = None) -> int:
         f"{' (--quick)' if args.quick else ''}. Regenerate with `./scripts/bench`.\n",
     ]
     latency = throughput = None
+    results: dict = {"date": time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), "cores": os.cpu_count(),
+                     "quick": args.quick}
     if "latency" not in skip:
         latency = scenario_latency(10 if args.quick else 60)
+        results["latency"] = latency
         print("latency", latency, flush=True)
         sections += ["## 1. Dapr's perf scenario: GET of a missing key\n",
                      "`state.in-memory`, 16 connections, fixed 1000 QPS in total (`hey -c 16 -q 62.5`), "
                      f"{latency['seconds']} s.\n",
                      _table([{"sidecar": "statelab", **{q: latency[q] for q in ('p50', 'p90', 'p99')}},
                              {"sidecar": "daprd v1.18 (published)", **DAPRD_V118}]) + "\n",
-                     "Latencies in ms. Goal: p50 ≤ 0.6 ms and p99 ≤ 1.4 ms on this 2-core machine.\n"]
+                     "Latencies in ms. Goal: p50 ≤ 0.6 ms and p99 ≤ 1.4 ms on this 2-core machine. hey reports "
+                     "times to 0.1 ms, so a p50 of 0.5 means 0.45–0.55 ms.\n"]
     if "throughput" not in skip:
         throughput = scenario_throughput(3 if args.quick else 10)
+        results["throughput"] = throughput
         print("throughput", throughput, flush=True)
         sections += ["## 2. Throughput, 32 connections\n",
                      "Requests per second with `hey -c 32`; `trivial` is `/v1.0/healthz` on the same server, "
@@ -178,11 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     if "writers" not in skip:
         counts = [1, 4, 16, 32] if args.quick else [1, 2, 4, 8, 16, 32, 64]
         rows = writers_scaling.run(counts, 20 if args.quick else 50, list(STORES), "full-jitter")
+        results["writers"] = rows
         print("writers done", flush=True)
         sections += ["## 3. Writers scaling\n", writers_scaling.markdown(rows, 20 if args.quick else 50, "full-jitter")]
     if "notebooks" not in skip:
         rows = scenario_notebooks()
         total = sum(r["seconds"] for r in rows)
+        results["notebooks"] = rows
         print("notebooks", rows, flush=True)
         sections += ["## 4. Notebook suite\n",
                      f"papermill with CI parameters on Redis, one kernel per notebook: {total:.1f} s in total "
@@ -190,8 +227,12 @@ def main(argv: list[str] | None = None) -> int:
     if latency and throughput:
         _plot(latency, throughput, target.with_suffix(".png"))
         sections.append(f"![latency and throughput]({target.with_suffix('.png').name})\n")
+    baseline = Path(args.baseline)
+    if baseline.is_file():
+        sections[2:2] = [compare(json.loads(baseline.read_text()), results)]
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text("\n".join(sections), encoding="utf-8")
+    target.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     print(f"wrote {target}")
     return 0
 
