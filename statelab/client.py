@@ -1,23 +1,29 @@
-"""A small client for the Dapr state API over HTTP (``requests``), for lessons and the writers harness.
+"""A small client for the Dapr state API over HTTP, for lessons and the writers harness.
 
 It speaks only the public Dapr API, so it works the same against the statelab sidecar and a real
 ``daprd``. Endpoint and token come from the environment as in the official SDKs:
 ``DAPR_HTTP_ENDPOINT``, else ``http://{DAPR_RUNTIME_HOST}:{DAPR_HTTP_PORT}`` (127.0.0.1:3500), and
 ``DAPR_API_TOKEN``. Error answers become the exceptions of ``statelab.errors`` (``ETagMismatch`` for
-409, ...). One client holds one ``requests.Session``: give each thread its own client.
+409, ...). A client keeps one keep-alive connection per thread that uses it.
+
+The connection is the standard library's ``http.client``, not ``requests``: 32 writer threads made 684
+requests/s through ``requests`` sessions against 6 600 through ``http.client``, both using one whole
+core. With ``requests`` the writers harness, not the sidecar, set the pace of lessons 04–05 and the labs.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import select
+import socket
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
-
-import requests
+from urllib.parse import quote, urlencode, urlsplit
 
 from statelab.errors import (
     DaprError,
@@ -100,7 +106,29 @@ def remove(key: str, *, etag: str | None = None, metadata: dict[str, str] | None
     return Operation("delete", key, etag=etag, metadata=metadata)
 
 
-def _error_for(resp: requests.Response) -> DaprError:
+class Reply:
+    """One HTTP answer, read in full: the parts of ``requests.Response`` the lessons use."""
+
+    __slots__ = ("status_code", "reason", "headers", "content")
+
+    def __init__(self, status_code: int, reason: str, headers: http.client.HTTPMessage, content: bytes) -> None:
+        self.status_code = status_code
+        self.reason = reason
+        self.headers = headers  # case-insensitive .get(); .items() keeps the names as sent
+        self.content = content
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+    def __repr__(self) -> str:
+        return f"<Reply [{self.status_code}]>"
+
+
+def _error_for(resp: Reply) -> DaprError:
     try:
         body = resp.json()
     except ValueError:
@@ -133,40 +161,57 @@ def _error_for(resp: requests.Response) -> DaprError:
 class StateClient:
     """``StateClient().save("statestore", "k", {"n": 1})`` and friends; see the module docstring."""
 
-    def __init__(
-        self,
-        endpoint: str | None = None,
-        *,
-        api_token: str | None = None,
-        timeout: float = 10.0,
-        session: requests.Session | None = None,
-    ) -> None:
+    def __init__(self, endpoint: str | None = None, *, api_token: str | None = None, timeout: float = 10.0) -> None:
         self.endpoint = (endpoint or default_endpoint()).rstrip("/")
         token = api_token if api_token is not None else os.environ.get("DAPR_API_TOKEN", "")
         self.timeout = timeout
-        self.session = session or requests.Session()
         self.headers = {"dapr-api-token": token} if token else {}
+        url = urlsplit(self.endpoint)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"the Dapr HTTP endpoint must be http(s)://host[:port], got {self.endpoint!r}")
+        self._https = url.scheme == "https"
+        self._host, self._port = url.hostname, url.port or (443 if self._https else 80)
+        self._prefix = url.path.rstrip("/")
+        self._local = threading.local()  # .conn: this thread's connection (http.client is not thread-safe)
+        self._opened: list[http.client.HTTPConnection] = []  # every thread's, for close()
+        self._lock = threading.Lock()
 
     # --- plumbing --------------------------------------------------------------------------------
 
+    def _connection(self) -> http.client.HTTPConnection:
+        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            conn = self._local.conn = cls(self._host, self._port, timeout=self.timeout)
+            with self._lock:
+                self._opened.append(conn)
+        elif conn.sock is not None and _closed_by_peer(conn.sock):
+            conn.close()  # the sidecar closed the idle keep-alive connection: the request opens a new one
+        return conn
+
     def request(self, method: str, path: str, *, params: dict | None = None, json_body: Any = None,
-                headers: dict | None = None, data: bytes | None = None) -> requests.Response:
+                headers: dict | None = None, data: bytes | None = None) -> Reply:
         """One HTTP call; connection problems become ``SidecarUnavailable`` / ``SidecarTimeout``."""
         merged = {**self.headers, **(headers or {})}
         body = data
         if json_body is not None:
             body = json.dumps(json_body, separators=(",", ":")).encode()
             merged.setdefault("Content-Type", "application/json")
+        target = self._prefix + path + ("?" + urlencode(params) if params else "")
+        conn = self._connection()
         try:
-            return self.session.request(
-                method, self.endpoint + path, params=params, data=body, headers=merged, timeout=self.timeout
-            )
-        except requests.Timeout as exc:
+            conn.request(method, target, body=body, headers=merged)
+            answer = conn.getresponse()
+            reply = Reply(answer.status, answer.reason, answer.msg, answer.read())
+        except TimeoutError as exc:
+            conn.close()
             raise SidecarTimeout(f"no answer from {self.endpoint} within {self.timeout:g}s: {exc}") from None
-        except requests.ConnectionError as exc:
-            raise SidecarUnavailable(f"cannot reach the Dapr sidecar at {self.endpoint}: {exc}") from None
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise SidecarUnavailable(f"cannot reach the Dapr sidecar at {self.endpoint}: {exc!r}") from None
+        return reply
 
-    def _check(self, resp: requests.Response, *ok: int) -> requests.Response:
+    def _check(self, resp: Reply, *ok: int) -> Reply:
         if resp.status_code not in ok:
             raise _error_for(resp)
         return resp
@@ -277,13 +322,25 @@ class StateClient:
             time.sleep(0.1)
 
     def close(self) -> None:
-        self.session.close()
+        with self._lock:
+            opened, self._opened = self._opened, []
+        for conn in opened:
+            conn.close()
 
     def __enter__(self) -> StateClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """An idle keep-alive socket that is readable has been closed (or sent something unasked)."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
 
 
 def _decode(raw: bytes) -> Any:

@@ -45,7 +45,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import requests
 
-from statelab.client import FIRST_WRITE, LAST_WRITE, State, StateClient
+from statelab.client import FIRST_WRITE, LAST_WRITE, Reply, State, StateClient
 from statelab.display import html_table
 from statelab.errors import (
     DaprError,
@@ -220,7 +220,7 @@ class Call:
 
 
 def _describe_call(method: str, path: str, params: dict | None, body: Any, headers: dict | None,
-                   resp: requests.Response) -> Call:
+                   resp: Reply | requests.Response) -> Call:
     parts = [unquote(p) for p in path.split("/")]
     # ['', 'v1.0', 'state', store, key?]
     rest = parts[4:] if len(parts) > 4 and parts[2] == "state" else []
@@ -273,7 +273,7 @@ class RecordingClient(StateClient):
         self._after_read[key] = action
 
     def request(self, method: str, path: str, *, params: dict | None = None, json_body: Any = None,
-                headers: dict | None = None, data: bytes | None = None) -> requests.Response:
+                headers: dict | None = None, data: bytes | None = None) -> Reply:
         resp = super().request(method, path, params=params, json_body=json_body, headers=headers, data=data)
         call = _describe_call(method, path, params, json_body, headers, resp)
         self.calls.append(call)

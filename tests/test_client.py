@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
+
 import pytest
 from conftest import STORE_NAME
 
@@ -129,3 +133,71 @@ def test_unreachable_sidecar_raises_sidecar_unavailable():
     with pytest.raises(SidecarUnavailable):
         client.wait_until_ready(timeout=0.3)
     assert issubclass(SidecarUnavailable, DaprError)
+
+
+# --- the keep-alive connection ---------------------------------------------------------------------
+
+
+class _OneAnswerPerConnection:
+    """A server that answers one request per connection (keep-alive promised), then hangs up."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nETag: 7\r\n"
+                             b"Content-Length: 2\r\n\r\n{}")
+
+
+def test_a_keep_alive_connection_the_sidecar_closed_is_replaced_before_the_next_request():
+    server = _OneAnswerPerConnection()
+    client = StateClient(f"http://127.0.0.1:{server.port}")
+    for _ in range(3):
+        state = client.get(STORE_NAME, "k")
+        assert (state.value, state.etag) == ({}, "7")
+        time.sleep(0.05)  # the server has hung up by now
+    assert server.connections == 3
+    client.close()
+    server.sock.close()
+
+
+def test_an_endpoint_without_scheme_or_host_is_refused_at_once():
+    with pytest.raises(ValueError, match="http"):
+        StateClient("127.0.0.1:3500")
+
+
+def test_one_client_shared_by_threads_gives_each_thread_its_own_connection(api):
+    client = api.client()
+    keys = [api.key() for _ in range(8)]
+    errors: list[BaseException] = []
+
+    def work(key: str) -> None:
+        try:
+            for n in range(25):
+                client.save(STORE_NAME, key, n)
+                assert client.get(STORE_NAME, key).value == n
+        except BaseException as exc:  # noqa: BLE001 - reported by the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in keys]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert [client.get(STORE_NAME, k).value for k in keys] == [24] * 8
+    client.close()
