@@ -81,11 +81,12 @@ def test_progress_reports_done_operations_and_conflicts(api):
 def test_requests_that_time_out_are_unknown_and_bound_the_count(tmp_path):
     with make_stack(tmp_path, store="sqlite") as stack:
         pid = stack.pids["sidecar-0"]
-        pause = threading.Timer(0.3, os.kill, (pid, signal.SIGSTOP))
-        resume = threading.Timer(1.3, os.kill, (pid, signal.SIGCONT))
+        pause = threading.Timer(0.1, os.kill, (pid, signal.SIGSTOP))
+        resume = threading.Timer(1.1, os.kill, (pid, signal.SIGCONT))
         pause.start()
         resume.start()
-        result = run_writers(stack.endpoint, WritersConfig(writers=6, operations=40, timeout=0.25, base=0.01, cap=0.05))
+        # Enough work that the writers are still going when the sidecar stops (6 x 40 took 0.2 s).
+        result = run_writers(stack.endpoint, WritersConfig(writers=6, operations=300, timeout=0.25, base=0.01, cap=0.05))
         resume.join()
     outcomes = result.history.outcomes()
     assert outcomes["unknown"] + outcomes["error"] > 0, outcomes
