@@ -26,16 +26,30 @@ _REASONS = {s.value: s.phrase for s in HTTPStatus}
 
 
 class Request:
-    __slots__ = ("method", "path", "query", "headers", "body", "too_large", "keep_alive")
+    __slots__ = ("method", "path", "query", "raw_headers", "_headers", "body", "too_large", "keep_alive")
 
-    def __init__(self, method: str, path: str, query: str, headers: dict[str, str], body: bytes, too_large: bool):
+    def __init__(self, method: str, path: str, query: str, raw_headers: list[tuple[bytes, bytes]], body: bytes,
+                 too_large: bool):
         self.method = method
         self.path = path  # still percent-encoded, as daprd's router sees it
         self.query = query
-        self.headers = headers  # lower-case names; repeated headers joined with ", "
+        self.raw_headers = raw_headers  # as received; most requests never look at them
+        self._headers: dict[str, str] | None = None
         self.body = body
         self.too_large = too_large
         self.keep_alive = True
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Lower-case names; repeated headers joined with ", ". Built on first use."""
+        if self._headers is None:
+            headers: dict[str, str] = {}
+            for name, value in self.raw_headers:
+                key = name.decode("latin-1").lower()
+                text = value.decode("latin-1")
+                headers[key] = headers[key] + ", " + text if key in headers else text
+            self._headers = headers
+        return self._headers
 
 
 class Response:
@@ -67,10 +81,12 @@ def _date() -> bytes:
     return _date_cache[1]
 
 
+_STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\nDate: " % (code, reason.encode()) for code, reason in _REASONS.items()}
+
+
 def encode_response(resp: Response, *, keep_alive: bool, head: bool = False) -> bytes:
-    parts = [
-        b"HTTP/1.1 %d %s\r\nDate: %s\r\n" % (resp.status, _REASONS.get(resp.status, "Status").encode(), _date())
-    ]
+    status_line = _STATUS_LINES.get(resp.status) or b"HTTP/1.1 %d Status\r\nDate: " % resp.status
+    parts = [status_line, _date(), b"\r\n"]
     if resp.content_type:
         parts.append(b"Content-Type: %s\r\n" % resp.content_type.encode("latin-1"))
     if resp.headers:
@@ -176,7 +192,8 @@ class HttpProtocol(asyncio.Protocol):
 
     def _reset(self) -> None:
         self.url = b""
-        self.headers: dict[str, str] = {}
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.expect = b""
         self.body: list[bytes] = []
         self.body_size = 0
         self.too_large = False
@@ -239,17 +256,15 @@ class HttpProtocol(asyncio.Protocol):
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
-        if key in self.headers:
-            self.headers[key] += ", " + text
-        else:
-            self.headers[key] = text
+        # Kept as bytes: decoding every header costs more than most handlers ever read (Request.headers).
+        self.headers.append((name, value))
+        if len(name) == 6 and name.lower() == b"expect":
+            self.expect = value.lower()
 
     def on_headers_complete(self) -> None:
         self.reading_head = False
         self.head_bytes = 0
-        if self.headers.get("expect", "").lower() == "100-continue" and self.parser.get_http_version() == "1.1":
+        if self.expect == b"100-continue" and self.parser.get_http_version() == "1.1":
             assert self.transport is not None
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
