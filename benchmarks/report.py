@@ -21,6 +21,9 @@ import asyncio
 import json
 import os
 import platform
+import socket
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -42,13 +45,36 @@ def _stack(store: str) -> Stack:
     raise RuntimeError("no free ports")
 
 
+def _fixed_rate(url: str, seconds: float) -> dict:
+    hey.run(url, connections=16, seconds=2)  # warm up
+    result = hey.run(url, connections=16, seconds=seconds, qps_per_worker=1000 / 16, samples=True)
+    return {"rps": round(result.rps, 1), "statuses": result.status_codes,
+            **{f"p{q}": round(result.p(q), 3) for q in (50, 90, 99)}, "mean": round(result.mean_ms or 0, 3)}
+
+
 def scenario_latency(seconds: float) -> dict:
     with _stack("in-memory") as stack:
-        url = f"{stack.endpoint}/v1.0/state/statestore/missing-key"
-        hey.run(url, connections=16, seconds=2)  # warm up
-        result = hey.run(url, connections=16, seconds=seconds, qps_per_worker=1000 / 16)
-    return {"seconds": seconds, "rps": round(result.rps, 1), "statuses": result.status_codes,
-            **{f"p{q}": round(result.p(q), 3) for q in (50, 90, 99)}}
+        sidecar = _fixed_rate(f"{stack.endpoint}/v1.0/state/statestore/missing-key", seconds)
+        port = stack.http_port + 11  # inside the block _stack() found free
+        floor = subprocess.Popen([sys.executable, "-m", "benchmarks.floor", str(port)], cwd=ROOT)
+        try:
+            _wait_listening(port)
+            bare = _fixed_rate(f"http://127.0.0.1:{port}/", seconds)
+        finally:
+            floor.kill()
+            floor.wait()
+    return {"seconds": seconds, **sidecar, "floor": bare}
+
+
+def _wait_listening(port: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"benchmarks.floor did not listen on {port}")
 
 
 async def _redis_direct(url: str, key: str, seconds: float, concurrency: int) -> float:
@@ -185,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         "# Benchmarks\n",
         f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} cores, "
         f"{platform.python_implementation()} {platform.python_version()}, {platform.machine()}"
-        f"{' (--quick)' if args.quick else ''}. Regenerate with `./scripts/bench`.\n",
+        f"{' (--quick)' if args.quick else ''}. Regenerate with `./scripts/bench`. What the profiles showed and "
+        "what changed because of them: [performance.md](performance.md).\n",
     ]
     latency = throughput = None
     results: dict = {"date": time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), "cores": os.cpu_count(),
@@ -197,10 +224,14 @@ def main(argv: list[str] | None = None) -> int:
         sections += ["## 1. Dapr's perf scenario: GET of a missing key\n",
                      "`state.in-memory`, 16 connections, fixed 1000 QPS in total (`hey -c 16 -q 62.5`), "
                      f"{latency['seconds']} s.\n",
-                     _table([{"sidecar": "statelab", **{q: latency[q] for q in ('p50', 'p90', 'p99')}},
-                             {"sidecar": "daprd v1.18 (published)", **DAPRD_V118}]) + "\n",
+                     _table([{"server": "statelab sidecar", **{q: latency[q] for q in ('p50', 'p90', 'p99', 'mean')}},
+                             {"server": "floor: bare uvloop + httptools, fixed 204 (`benchmarks/floor.py`)",
+                              **{q: latency["floor"][q] for q in ('p50', 'p90', 'p99', 'mean')}},
+                             {"server": "daprd v1.18 (published)", **DAPRD_V118, "mean": ""}]) + "\n",
                      "Latencies in ms. Goal: p50 ≤ 0.6 ms and p99 ≤ 1.4 ms on this 2-core machine. hey reports "
-                     "times to 0.1 ms, so a p50 of 0.5 means 0.45–0.55 ms.\n"]
+                     "times to 0.1 ms, so a p50 of 0.5 means 0.45–0.55 ms; the mean is taken over every request. "
+                     "The floor is the same load against the least a server on this stack can do, measured "
+                     "in the same run: on this shared machine it moves by 0.1 ms from hour to hour.\n"]
     if "throughput" not in skip:
         throughput = scenario_throughput(3 if args.quick else 10)
         results["throughput"] = throughput
