@@ -286,10 +286,18 @@ class HttpProtocol(asyncio.Protocol):
             path,
             query,
             self.headers,
-            b"".join(self.body),
+            b"".join(self.body) if self.body else b"",
             self.too_large,
         )
         req.keep_alive = self.parser.should_keep_alive()
+        if not self.pending and (self.worker is None or self.worker.done()):
+            # Nothing queued or in flight (the usual case): answer this one now if its handler never waits.
+            if self.closing:
+                return
+            if self.writable.is_set():
+                if self._start(req):
+                    self._after_pending()
+                return
         self.pending.append(req)
         self.pending_bytes += len(req.body)
         # Pipelined requests wait their turn; stop reading before they pile up (count or body bytes).
@@ -302,33 +310,35 @@ class HttpProtocol(asyncio.Protocol):
     # --- answering -------------------------------------------------------------------------------
 
     def _drain(self) -> None:
-        """Answer queued requests now, as far as their handlers finish without waiting.
-
-        A handler that completes without suspending (in-memory, a SQLite point read, every error
-        answer) is answered inside this very callback. Scheduling a task instead costs an extra
-        loop pass, which measured 0.2 ms of p50 under Dapr's 1000 QPS perf scenario
-        (``docs/benchmarks.md``). The first handler that does suspend continues in a task, and the
-        requests behind it wait for that task, so answers keep request order.
-        """
+        """Answer queued requests now, as far as their handlers finish without waiting."""
         while self.pending and not self.closing:
             if not self.writable.is_set():
                 self.worker = self.loop.create_task(self._serve())
                 return
-            req = self._next()
-            coro = self.handler(req)
-            try:
-                waiting_on = coro.send(None)
-            except StopIteration as done:
-                resp = done.value
-            except Exception:
-                log.exception("unhandled error for %s %s", req.method, req.path)
-                resp = self.on_error(req)
-            else:
-                self.worker = self.loop.create_task(self._serve(req, _Resume(coro, waiting_on)))
-                return
-            if not self._answer(req, resp):
+            if not self._start(self._next()):
                 return
         self._after_pending()
+
+    def _start(self, req: Request) -> bool:
+        """Run ``req``'s handler up to its first wait: answer it now if it finished (True if the connection
+        carries on), or hand the rest to a task that answers it and then the requests queued behind it.
+
+        A handler that completes without suspending (in-memory, a SQLite point read, every error
+        answer) is answered inside the read callback. A task per request cost an extra loop pass, which
+        measured 0.2 ms of p50 under Dapr's 1000 QPS perf scenario (``docs/performance.md``).
+        """
+        coro = self.handler(req)
+        try:
+            waiting_on = coro.send(None)
+        except StopIteration as done:
+            resp = done.value
+        except Exception:
+            log.exception("unhandled error for %s %s", req.method, req.path)
+            resp = self.on_error(req)
+        else:
+            self.worker = self.loop.create_task(self._serve(req, _Resume(coro, waiting_on)))
+            return False
+        return self._answer(req, resp)
 
     def _next(self) -> Request:
         req = self.pending.popleft()
