@@ -78,7 +78,7 @@ def _status(action: Callable[[], object], ok: int = 204) -> tuple[int, str]:
 
 
 def _clone(client: StateClient) -> StateClient:
-    """A client of its own for another thread (a ``requests.Session`` is not shared across threads)."""
+    """A client of its own for another thread, as each of the racing writers would have."""
     return StateClient(client.endpoint, api_token=client.headers.get("dapr-api-token", ""), timeout=client.timeout)
 
 

@@ -3,8 +3,9 @@
 Each key is a hash ``appid||key -> {data, version[, first-write]}``. Writes run as Lua scripts so the
 version check and the write are one atomic step; the scripts are loaded once and called by SHA.
 The ETag is the integer ``version``. Commands go through ``statelab.stores.resp``, a small pipelined
-client (redis-py's per-command overhead made it the sidecar's bottleneck). Dapr's quirks are kept on purpose because learners meet them on
-a real sidecar too: an ETag on a missing key creates it, last-write ignores the ETag, a key once
+client (redis-py's per-command overhead made it the sidecar's bottleneck).
+
+Dapr's quirks are kept on purpose because learners meet them on a real sidecar too: an ETag on a missing key creates it, last-write ignores the ETag, a key once
 written with first-write refuses later writes without an ETag, and ``consistency=strong`` sends
 ``WAIT <replicas> 1000`` whose answer is not checked. Transactions are MULTI/EXEC, not atomic.
 """
