@@ -11,7 +11,7 @@ import asyncio
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -43,12 +43,25 @@ def _start_redis(port: int, workdir: Path, *extra: str) -> subprocess.Popen[byte
 
 
 @pytest.fixture
-def redis_port(tmp_path: Path) -> Iterator[int]:
+def start_redis(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start a redis-server on a port (extra arguments after it); all of them are killed after the test."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(port: int, *extra: str) -> subprocess.Popen[bytes]:
+        started.append(_start_redis(port, tmp_path, *extra))
+        return started[-1]
+
+    yield start
+    for proc in started:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def redis_port(start_redis: Callable[..., subprocess.Popen[bytes]]) -> int:
     port = free_port_base(1)
-    proc = _start_redis(port, tmp_path)
-    yield port
-    proc.kill()
-    proc.wait()
+    start_redis(port)
+    return port
 
 
 def run(coro):  # noqa: ANN001, ANN201 - a test helper
@@ -117,33 +130,28 @@ def test_a_blocking_command_on_an_exclusive_connection_does_not_hold_up_others(r
     run(main())
 
 
-def test_scripts_are_loaded_on_every_new_connection(tmp_path: Path) -> None:
+def test_scripts_are_loaded_on_every_new_connection(start_redis: Callable[..., subprocess.Popen[bytes]]) -> None:
     port = free_port_base(1)
-    proc = _start_redis(port, tmp_path)
+    first = start_redis(port)
 
     async def main() -> None:
-        nonlocal proc
         client = RespClient("127.0.0.1", port, scripts=[SCRIPT], retries=5)
         sha = RespClient.sha(SCRIPT)
         assert await client.call("EVALSHA", sha, 1, "n", 5) == 5
-        proc.kill()
-        proc.wait()
+        first.kill()
+        first.wait()
         with pytest.raises(RespConnectionError):
             await client.call("EVALSHA", sha, 1, "n", 1)
-        proc = _start_redis(port, tmp_path)  # a new Redis: empty, no scripts
+        start_redis(port)  # a new Redis: empty, no scripts
         assert await client.call("EVALSHA", sha, 1, "n", 7) == 7  # reconnected and reloaded by itself
         await client.close()
 
-    try:
-        run(main())
-    finally:
-        proc.kill()
-        proc.wait()
+    run(main())
 
 
-def test_a_password_is_sent_and_a_wrong_one_is_an_error(tmp_path: Path) -> None:
+def test_a_password_is_sent_and_a_wrong_one_is_an_error(start_redis: Callable[..., subprocess.Popen[bytes]]) -> None:
     port = free_port_base(1)
-    proc = _start_redis(port, tmp_path, "--requirepass", "s3cret")
+    start_redis(port, "--requirepass", "s3cret")
 
     async def main() -> None:
         good = RespClient("127.0.0.1", port, password="s3cret", db=2)
@@ -158,11 +166,7 @@ def test_a_password_is_sent_and_a_wrong_one_is_an_error(tmp_path: Path) -> None:
             await bad.call("PING")
         await bad.close()
 
-    try:
-        run(main())
-    finally:
-        proc.kill()
-        proc.wait()
+    run(main())
 
 
 def test_a_redis_that_never_answers_times_out_instead_of_hanging() -> None:

@@ -36,14 +36,19 @@ def _insert(key: str, fail: bool = False):  # noqa: ANN202
     return write
 
 
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    db = tmp_path / "w.db"
+    sqlite3.connect(db).execute("CREATE TABLE t (k TEXT PRIMARY KEY)").connection.close()
+    return db
+
+
 def _stored(path: Path) -> set[str]:
     with sqlite3.connect(path) as conn:
         return {k for (k,) in conn.execute("SELECT k FROM t")}
 
 
-def test_queued_writes_commit_together_and_a_failed_one_is_undone_alone(tmp_path: Path) -> None:
-    path = tmp_path / "w.db"
-    sqlite3.connect(path).execute("CREATE TABLE t (k TEXT PRIMARY KEY)").connection.close()
+def test_queued_writes_commit_together_and_a_failed_one_is_undone_alone(path: Path) -> None:
     release = threading.Event()
 
     async def main() -> list[object]:
@@ -68,9 +73,7 @@ def test_queued_writes_commit_together_and_a_failed_one_is_undone_alone(tmp_path
     assert writes == 31 and commits < 5  # grouped: far fewer transactions than writes
 
 
-def test_a_database_error_in_one_write_reaches_only_its_caller(tmp_path: Path) -> None:
-    path = tmp_path / "w.db"
-    sqlite3.connect(path).execute("CREATE TABLE t (k TEXT PRIMARY KEY)").connection.close()
+def test_a_database_error_in_one_write_reaches_only_its_caller(path: Path) -> None:
     release = threading.Event()
 
     async def main() -> list[object]:
@@ -90,9 +93,7 @@ def test_a_database_error_in_one_write_reaches_only_its_caller(tmp_path: Path) -
     assert _stored(path) == {"same", "other"}
 
 
-def test_a_transaction_of_its_own_is_never_put_in_a_group(tmp_path: Path) -> None:
-    path = tmp_path / "w.db"
-    sqlite3.connect(path).execute("CREATE TABLE t (k TEXT PRIMARY KEY)").connection.close()
+def test_a_transaction_of_its_own_is_never_put_in_a_group(path: Path) -> None:
 
     def own_transaction(conn: sqlite3.Connection) -> str:
         conn.execute("BEGIN IMMEDIATE")  # would fail inside a group's transaction
@@ -115,9 +116,7 @@ def test_a_transaction_of_its_own_is_never_put_in_a_group(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("count", [1, 200])
-def test_close_waits_for_queued_writes(tmp_path: Path, count: int) -> None:
-    path = tmp_path / "w.db"
-    sqlite3.connect(path).execute("CREATE TABLE t (k TEXT PRIMARY KEY)").connection.close()
+def test_close_waits_for_queued_writes(path: Path, count: int) -> None:
 
     async def main() -> None:
         writer = GroupWriter(_connect(path))
