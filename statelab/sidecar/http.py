@@ -290,14 +290,6 @@ class HttpProtocol(asyncio.Protocol):
             self.too_large,
         )
         req.keep_alive = self.parser.should_keep_alive()
-        if not self.pending and (self.worker is None or self.worker.done()):
-            # Nothing queued or in flight (the usual case): answer this one now if its handler never waits.
-            if self.closing:
-                return
-            if self.writable.is_set():
-                if self._start(req):
-                    self._after_pending()
-                return
         self.pending.append(req)
         self.pending_bytes += len(req.body)
         # Pipelined requests wait their turn; stop reading before they pile up (count or body bytes).
