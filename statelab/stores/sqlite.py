@@ -310,7 +310,7 @@ class GroupWriter:
     def __init__(self, connect: Callable[[], sqlite3.Connection], max_group: int = 64) -> None:
         self._connect = connect
         self.max_group = max_group
-        self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Write | object] = queue.SimpleQueue()  # writes, then _STOP
         self.commits = 0  # transactions the writes went out in (benchmarks and tests read these)
         self.writes = 0
         self._thread = threading.Thread(target=self._loop, name="sqlite-write", daemon=True)
@@ -324,30 +324,28 @@ class GroupWriter:
         return fut
 
     def close(self) -> None:
-        self._queue.put(None)
+        self._queue.put(_STOP)
         self._thread.join()
 
     def _loop(self) -> None:
         conn: sqlite3.Connection | None = None
-        held: _Write | None = None
+        held: _Write | object | None = None  # what ended the last group: taken before the queue next time
         while True:
             item = held if held is not None else self._queue.get()
             held = None
-            if item is None:
+            if item is _STOP:
                 break
+            assert isinstance(item, _Write)
             group = [item]
             while not item.alone and len(group) < self.max_group:
                 try:
                     nxt = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if nxt is None or nxt.alone:
+                if nxt is _STOP or nxt.alone:  # type: ignore[union-attr]
                     held = nxt
-                    if nxt is None:
-                        self._queue.put(None)  # stop once this group and the held one are done
-                        held = None
                     break
-                group.append(nxt)
+                group.append(nxt)  # type: ignore[arg-type]
             if conn is None:
                 try:
                     conn = self._connect()
@@ -383,6 +381,9 @@ class GroupWriter:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             return [_apply(conn, w) for w in group]
+
+
+_STOP = object()  # queued by GroupWriter.close(): the writes before it still go in
 
 
 class _Write:
