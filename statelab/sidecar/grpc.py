@@ -88,6 +88,12 @@ def basic(code: grpc.StatusCode, error_code: str, message: str) -> RpcFailure:
     return RpcFailure(code, message, [error_info(error_code)])
 
 
+def _failed(failure: state.Failure | None, error_code: str, message: str) -> None:
+    """Raise a store failure as daprd does: its kind picks the status, ``message: <failure text>``."""
+    if failure is not None:
+        raise basic(_FAILURE_CODE[failure.kind], error_code, f"{message}: {failure.text}")
+
+
 def _store_missing(missing: state.StoreMissing) -> RpcFailure:
     # daprd's gRPC path looks stores up without the app id, so the ErrorInfo has no metadata.
     if missing.configured:
@@ -226,26 +232,16 @@ class DaprServicer(api_service_v1.DaprServicer):
                     consistency=consistency,
                 )
             )
-        failure = await state.save(store, requests)
-        if failure is not None:
-            raise basic(
-                _FAILURE_CODE[failure.kind],
-                "ERR_STATE_SAVE",
-                f"failed saving state in state store {request.store_name}: {failure.text}",
-            )
+        _failed(await state.save(store, requests), "ERR_STATE_SAVE",
+                f"failed saving state in state store {request.store_name}")
         return empty_pb2.Empty()
 
     @_rpc
     async def DeleteState(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         store = self._store(request.store_name)
         # DeleteStateRequest carries the same key/etag/options/metadata fields as a StateItem.
-        failure = await state.delete(store, [_delete_request(store, request)])
-        if failure is not None:
-            raise basic(
-                _FAILURE_CODE[failure.kind],
-                "ERR_STATE_DELETE",
-                f"failed deleting state with key {request.key}: {failure.text}",
-            )
+        _failed(await state.delete(store, [_delete_request(store, request)]), "ERR_STATE_DELETE",
+                f"failed deleting state with key {request.key}")
         return empty_pb2.Empty()
 
     @_rpc
@@ -254,13 +250,8 @@ class DaprServicer(api_service_v1.DaprServicer):
         deletes = [_delete_request(store, item) for item in request.states]
         if not deletes:
             return empty_pb2.Empty()
-        failure = await state.delete(store, deletes)
-        if failure is not None:
-            raise basic(
-                _FAILURE_CODE[failure.kind],
-                "ERR_STATE_BULK_DELETE",
-                f"failed deleting state in state store {request.store_name}: {failure.text}",
-            )
+        _failed(await state.delete(store, deletes), "ERR_STATE_BULK_DELETE",
+                f"failed deleting state in state store {request.store_name}")
         return empty_pb2.Empty()
 
     @_rpc
