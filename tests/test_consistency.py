@@ -61,3 +61,24 @@ def test_strong_save_with_replica_down_still_succeeds_after_the_wait_timeout(rep
         assert elapsed >= 0.9
     finally:
         replicated.start_replica(0)
+
+
+@pytest.mark.parametrize("store", ["redis", "sqlite", "in-memory"])
+def test_strong_saves_are_the_first_requests_a_fresh_sidecar_gets(tmp_path, store):
+    """On 3.12+ ``wait_for`` refuses to run outside a task; the first strong saves used to open Redis
+    connections there and fail with 500 for good. Sixteen at once, before anything else, on every store."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with make_stack(tmp_path, store=store, replicas=1 if store == "redis" else 0) as stack:
+        client = StateClient(stack.endpoint)
+
+        def save(i: int) -> None:
+            client.save(STORE_NAME, f"first-{i}", {"i": i}, concurrency="first-write", consistency="strong")
+
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(save, range(16)))
+        assert [client.get(STORE_NAME, f"first-{i}").value for i in range(16)] == [{"i": i} for i in range(16)]
+        if store == "redis":
+            replica = __import__("redis").Redis.from_url(stack.redis_url(1))
+            assert replica.hget("myapp||first-15", "data") == b'{"i":15}'
+        client.close()

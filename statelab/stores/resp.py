@@ -14,8 +14,7 @@ Two kinds of work cannot share that connection:
 * ``MULTI ... EXEC`` must reach Redis without other commands in between; ``transaction`` writes the
   whole block in one go, which on one connection and one event loop keeps it contiguous.
 
-Nothing here needs to run inside an asyncio task (no ``asyncio.timeout``): the HTTP transport
-starts handlers outside one (``statelab.sidecar.http``). Timeouts are timers on the connection.
+Timeouts are timers on the connection (one per connection, not one ``asyncio.timeout`` per command).
 """
 
 from __future__ import annotations
