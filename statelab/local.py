@@ -12,21 +12,19 @@ of up to 50 sidecars). daprd's own gRPC default, 50001, lies in Linux's ephemera
 where any outgoing connection may already hold it; ``env()`` tells the SDKs where to look instead.
 
 Processes started by a ``Stack`` (unless ``detach=True``) die with the Python process that started them,
-even when that process is killed with SIGKILL: each child asks the kernel for ``PR_SET_PDEATHSIG`` on Linux,
-and an ``atexit`` hook stops them gracefully on a normal exit.
+even when that process is killed with SIGKILL: a watchdog process stops them when its pipe from the owner
+closes (``statelab.lifeline``), and an ``atexit`` hook stops them gracefully on a normal exit.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import http.client
 import importlib.util
 import json
 import logging
 import os
-import queue
 import secrets
 import shlex
 import shutil
@@ -37,7 +35,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -47,6 +44,7 @@ from urllib.parse import quote
 import yaml
 
 from statelab.errors import StackError
+from statelab.lifeline import lifeline
 
 if TYPE_CHECKING:
     import redis
@@ -110,54 +108,6 @@ def find_redis_server() -> str:
     )
 
 
-# --- children that die with us --------------------------------------------------------------------------
-
-_PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
-
-
-def _die_with_parent(parent_pid: int) -> Callable[[], None]:
-    """A ``preexec_fn`` that makes the child receive SIGKILL when its parent goes away."""
-
-    def preexec() -> None:
-        assert _libc is not None
-        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent_pid:  # the parent died between fork and prctl
-            os._exit(1)
-
-    return preexec
-
-
-# PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, not the process. A sidecar restarted
-# from a short-lived worker thread (a chaos thread in a lesson) would otherwise die with that thread, so every
-# non-detached child is forked by one long-lived daemon thread.
-_Job = tuple[Callable[[], "subprocess.Popen[bytes]"], "Future[Any]"]
-_spawner: tuple[int, queue.SimpleQueue[_Job]] | None = None
-_spawner_lock = threading.Lock()
-
-
-def _spawner_loop(jobs: queue.SimpleQueue[_Job]) -> None:
-    while True:
-        job, result = jobs.get()
-        try:
-            result.set_result(job())
-        except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
-            result.set_exception(exc)
-
-
-def _spawn_on_keeper_thread(job: Callable[[], subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
-    global _spawner
-    with _spawner_lock:
-        if _spawner is None or _spawner[0] != os.getpid():  # none yet, or we are a forked copy without it
-            jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
-            threading.Thread(target=_spawner_loop, args=(jobs,), name="statelab-spawner", daemon=True).start()
-            _spawner = (os.getpid(), jobs)
-        jobs = _spawner[1]
-    result: Future[subprocess.Popen[bytes]] = Future()
-    jobs.put((job, result))
-    return result.result()
-
-
 @dataclass(eq=False)
 class _Child:
     """One process of the stack and everything needed to start it again the same way."""
@@ -190,20 +140,18 @@ class _Child:
         )
         self._log_file.flush()
 
-        def popen() -> subprocess.Popen[bytes]:
-            return subprocess.Popen(
-                self.cmd,
-                cwd=cwd,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=self._log_file,
-                stderr=subprocess.STDOUT,
-                # Own session: Ctrl-C in a terminal or a Jupyter "interrupt kernel" must not hit the stack.
-                start_new_session=True,
-                preexec_fn=None if detach or _libc is None else _die_with_parent(os.getpid()),
-            )
-
-        self.proc = popen() if detach or _libc is None else _spawn_on_keeper_thread(popen)
+        self.proc = subprocess.Popen(
+            self.cmd,
+            cwd=cwd,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            # Own session: Ctrl-C in a terminal or a Jupyter "interrupt kernel" must not hit the stack.
+            start_new_session=True,
+        )
+        if not detach:
+            lifeline.watch(self.proc.pid)
         logger.info("started %s (pid %d), log %s", self.name, self.proc.pid, self.log)
 
     def signal(self, sig: int) -> None:
@@ -259,6 +207,8 @@ def _stop_children(children: list[_Child], sig: int = signal.SIGTERM) -> None:
         child.wait_exit(STOP_GRACE_SECONDS)
     for child in children:
         child.close_log()
+        if child.proc is not None and child.proc.poll() is not None:
+            lifeline.forget(child.proc.pid)
 
 
 # --- small probes ---------------------------------------------------------------------------------------
@@ -450,7 +400,8 @@ class Stack:
 
     @property
     def _grpc_base(self) -> int:
-        return self.http_port + GRPC_PORT_OFFSET if self.grpc_port is None else self.grpc_port
+        assert self.grpc_port is not None  # __post_init__ sets the default
+        return self.grpc_port
 
     @property
     def running(self) -> bool:

@@ -225,7 +225,7 @@ def test_sidecar_restarted_from_a_short_lived_thread_outlives_the_thread(full_st
     restarter = threading.Thread(target=full_stack.start_sidecar, args=(0,))
     restarter.start()
     restarter.join()
-    time.sleep(0.5)  # a child tied to the dead thread by PR_SET_PDEATHSIG would be killed by now
+    time.sleep(0.5)  # a child tied to the thread that forked it (PR_SET_PDEATHSIG) would be gone by now
     assert local.healthz(full_stack.http_port)
 
 
@@ -289,9 +289,13 @@ def test_env_points_programs_at_the_first_sidecar(tmp_path: Path) -> None:
 
 
 OWNER = textwrap.dedent("""
-    import sys, time
+    import sys, threading, time
     from statelab.local import Stack
-    Stack(sidecars=1, replicas=1, http_port=int(sys.argv[1]), redis_port=int(sys.argv[2]), run_dir=sys.argv[3]).start()
+    stack = Stack(sidecars=1, replicas=1, http_port=int(sys.argv[1]), redis_port=int(sys.argv[2]), run_dir=sys.argv[3])
+    # Started from a thread that has ended by the time the owner dies, as from a Jupyter kernel's worker.
+    starter = threading.Thread(target=stack.start)
+    starter.start()
+    starter.join()
     sys.stdout.write("ready\\n")
     sys.stdout.flush()
     time.sleep(120)
