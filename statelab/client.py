@@ -4,7 +4,9 @@ It speaks only the public Dapr API, so it works the same against the statelab si
 ``daprd``. Endpoint and token come from the environment as in the official SDKs:
 ``DAPR_HTTP_ENDPOINT``, else ``http://{DAPR_RUNTIME_HOST}:{DAPR_HTTP_PORT}`` (127.0.0.1:3500), and
 ``DAPR_API_TOKEN``. Error answers become the exceptions of ``statelab.errors`` (``ETagMismatch`` for
-409, ...). A client keeps one keep-alive connection per thread that uses it.
+409, ...). A client keeps one keep-alive connection per thread that uses it. ``close()`` closes them
+all; like a ``requests.Session``, the client stays usable and opens fresh connections afterwards, which
+the next ``close()`` closes in turn.
 
 The connection is the standard library's ``http.client``, not ``requests``: 32 writer threads made 684
 requests/s through ``requests`` sessions against 6 600 through ``http.client``, both using one whole
@@ -172,21 +174,39 @@ class StateClient:
         self._https = url.scheme == "https"
         self._host, self._port = url.hostname, url.port or (443 if self._https else 80)
         self._prefix = url.path.rstrip("/")
-        self._local = threading.local()  # .conn: this thread's connection (http.client is not thread-safe)
-        self._opened: list[http.client.HTTPConnection] = []  # every thread's, for close()
+        # .conn: this thread's connection (http.client is not thread-safe); .generation: the close() count
+        # when it was opened, so a thread notices that close() took its connection away.
+        self._local = threading.local()
+        # Every connection a thread may still use, with that thread. A connection stays here for its whole
+        # life, even after close(): http.client reconnects a closed connection on its next request (a thread
+        # may be mid-request while close() runs), and whatever is here is what the next close() closes.
+        self._opened: dict[http.client.HTTPConnection, threading.Thread] = {}
+        self._generation = 0
         self._lock = threading.Lock()
 
     # --- plumbing --------------------------------------------------------------------------------
 
     def _connection(self) -> http.client.HTTPConnection:
         conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-            conn = self._local.conn = cls(self._host, self._port, timeout=self.timeout)
-            with self._lock:
-                self._opened.append(conn)
+        if conn is None or self._local.generation != self._generation:
+            conn = self._new_connection(conn)
         elif conn.sock is not None and _closed_by_peer(conn.sock):
             conn.close()  # the sidecar closed the idle keep-alive connection: the request opens a new one
+        return conn
+
+    def _new_connection(self, old: http.client.HTTPConnection | None) -> http.client.HTTPConnection:
+        cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+        conn = cls(self._host, self._port, timeout=self.timeout)  # no socket yet: it connects on first use
+        with self._lock:
+            if old is not None:
+                self._opened.pop(old, None)
+                old.close()
+            # Threads that ended cannot use their connections again: close those now rather than at close().
+            for ended in [c for c, thread in self._opened.items() if not _alive(thread)]:
+                del self._opened[ended]
+                ended.close()
+            self._opened[conn] = threading.current_thread()
+            self._local.conn, self._local.generation = conn, self._generation
         return conn
 
     def request(self, method: str, path: str, *, params: dict | None = None, json_body: Any = None,
@@ -322,10 +342,13 @@ class StateClient:
             time.sleep(0.1)
 
     def close(self) -> None:
+        """Close every thread's connection; later requests open new ones (closed by the next ``close()``)."""
         with self._lock:
-            opened, self._opened = self._opened, []
-        for conn in opened:
-            conn.close()
+            self._generation += 1
+            for conn, thread in list(self._opened.items()):
+                conn.close()
+                if not _alive(thread):
+                    del self._opened[conn]
 
     def __enter__(self) -> StateClient:
         return self
@@ -334,9 +357,25 @@ class StateClient:
         self.close()
 
 
+def _alive(thread: threading.Thread) -> bool:
+    try:
+        return thread.is_alive()
+    except RuntimeError:  # from 3.13, a foreign thread's stand-in (_DummyThread) raises once it has ended
+        return False
+
+
 def _closed_by_peer(sock: socket.socket) -> bool:
     """An idle keep-alive socket that is readable has been closed (or sent something unasked)."""
-    try:
+    # poll(), not select(): select() refuses file descriptors from 1024 up, which a Jupyter kernel with
+    # many open files reaches; taking that refusal for "closed" turned keep-alive off there.
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        try:
+            poller.register(sock, select.POLLIN)
+            return bool(poller.poll(0))
+        except (OSError, ValueError):
+            return True
+    try:  # Windows has no poll(); its select() has no limit on descriptor numbers
         readable, _, _ = select.select([sock], [], [], 0)
     except (OSError, ValueError):
         return True

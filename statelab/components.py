@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,22 +18,52 @@ log = logging.getLogger(__name__)
 STATE_TYPES = ("state.in-memory", "state.sqlite", "state.redis")
 
 
+class Metadata(Mapping[str, str]):
+    """A component's ``spec.metadata``: names match case-insensitively, as in daprd.
+
+    daprd decodes component metadata into each store's settings matching names case-insensitively
+    (``REDISHOST`` sets ``redisHost``), so every store here reads its settings through this mapping.
+    A name spelled exactly as asked wins over another spelling of it, as in daprd's decoder; between
+    other spellings, the first in the YAML does (daprd leaves that choice to Go's map order).
+    """
+
+    def __init__(self, values: Mapping[str, str] | None = None) -> None:
+        self._values = dict(values or {})
+        self._lowered: dict[str, str] = {}
+        for name, value in self._values.items():
+            self._lowered.setdefault(name.lower(), value)
+
+    def __getitem__(self, name: str) -> str:
+        if name in self._values:
+            return self._values[name]
+        return self._lowered[name.lower()]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)  # the names as written in the YAML
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"Metadata({self._values!r})"
+
+
 @dataclass
 class Component:
     name: str
     type: str
     version: str = "v1"
-    metadata: dict[str, str] = field(default_factory=dict)
+    metadata: Mapping[str, str] = field(default_factory=Metadata)  # made a Metadata in __post_init__
     scopes: list[str] = field(default_factory=list)
     source: str = ""
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.metadata, Metadata):
+            self.metadata = Metadata(self.metadata)
+
     def meta(self, name: str, default: str = "") -> str:
         """A metadata value by name, matched case-insensitively as Dapr does."""
-        lowered = name.lower()
-        for key, value in self.metadata.items():
-            if key.lower() == lowered:
-                return value
-        return default
+        return self.metadata.get(name, default)
 
 
 def _documents(path: Path) -> list[dict]:
@@ -64,7 +95,7 @@ def _component(doc: dict, source: str) -> Component | None:
         name=name,
         type=ctype,
         version=str(spec.get("version") or "v1"),
-        metadata=values,
+        metadata=Metadata(values),
         scopes=[str(s) for s in doc.get("scopes") or []],
         source=source,
     )

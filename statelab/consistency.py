@@ -553,10 +553,8 @@ def _replica_skip_reason(session: Session) -> str:
 
 
 def _redis(session: Session, index: int) -> redis.Redis:
-    """A client for the stack's primary (0) or replica ``index`` (local stack only)."""
-    import redis
-
-    return redis.Redis.from_url(session.stack.redis_url(index), socket_timeout=5)  # type: ignore[union-attr]
+    """The session's client for the stack's primary (0) or replica ``index`` (local stack only)."""
+    return session.redis(index)
 
 
 def _wait_calls(primary: redis.Redis) -> int:

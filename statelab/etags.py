@@ -21,7 +21,6 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from functools import partial
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from statelab.client import FIRST_WRITE, LAST_WRITE, StateClient, upsert
 from statelab.display import html_table
 from statelab.errors import DaprError, ETagMismatch, SidecarUnavailable, StackError, StatelabError
+from statelab.writers import run_threads
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -249,15 +249,23 @@ def race_to_create(client: StateClient, store: str, creators: int = 5, key: str 
     key = key or fresh_key("lock")
     gate = threading.Barrier(creators)
 
-    def creator(i: int) -> Creation:
-        with _clone(client) as own:
-            gate.wait()
-            return create_if_absent(own, store, key, {"owner": f"creator-{i}"}, who=f"creator-{i}")
+    attempts: list[Creation | None] = [None] * creators
+    failures: list[BaseException] = []
 
-    with ThreadPoolExecutor(creators) as pool:
-        attempts = list(pool.map(creator, range(creators)))
+    def creator(i: int) -> None:
+        try:
+            with _clone(client) as own:
+                gate.wait()
+                attempts[i] = create_if_absent(own, store, key, {"owner": f"creator-{i}"}, who=f"creator-{i}")
+        except BaseException as exc:  # noqa: BLE001 - raised below, in the caller's thread
+            failures.append(exc)
+            gate.abort()
+
+    run_threads([threading.Thread(target=creator, args=(i,), daemon=True) for i in range(creators)], gate=gate)
+    if failures:
+        raise failures[0]
     state = client.get(store, key)
-    return Race(key, attempts, state.value if state else None)
+    return Race(key, [a for a in attempts if a is not None], state.value if state else None)
 
 
 def create_if_absent_cases(client: StateClient, store: str) -> Trace:
@@ -427,30 +435,42 @@ def retry_demo(client: StateClient, store: str, *, writers: int = 4, increments:
     key = fresh_key("counter")
     client.save(store, key, 0)
     gate = threading.Barrier(writers)
+    stop = threading.Event()
     bar = tqdm(total=writers * increments, desc="increments", disable=not progress)
     lock = threading.Lock()
+    results: list[tuple[list[int], int]] = [([], 0)] * writers
+    failures: list[BaseException] = []
 
-    def writer(i: int) -> tuple[list[int], int]:
+    def writer(i: int) -> None:
         backoff = exponential_backoff(rng=random.Random(seed * 1000 + i))
         done: list[int] = []
         gave_up = 0
-        with _clone(client) as own:
-            gate.wait()
-            for _ in range(increments):
-                try:
-                    done.append(increment_with_retry(own, store, key, max_attempts, backoff))
-                except RetriesExhausted:
-                    gave_up += 1
-                with lock:
-                    bar.update(1)
-        return done, gave_up
+        try:
+            with _clone(client) as own:
+                gate.wait()
+                for _ in range(increments):
+                    if stop.is_set():
+                        break
+                    try:
+                        done.append(increment_with_retry(own, store, key, max_attempts, backoff))
+                    except RetriesExhausted:
+                        gave_up += 1
+                    with lock:
+                        bar.update(1)
+        except BaseException as exc:  # noqa: BLE001 - raised below, in the caller's thread
+            failures.append(exc)
+            stop.set()
+            gate.abort()
+        results[i] = (done, gave_up)
 
     started = time.monotonic()
     try:
-        with ThreadPoolExecutor(writers) as pool:
-            results = list(pool.map(writer, range(writers)))
+        run_threads([threading.Thread(target=writer, args=(i,), daemon=True) for i in range(writers)], stop,
+                    gate=gate)
     finally:
         bar.close()
+    if failures:
+        raise failures[0]
     seconds = time.monotonic() - started
     state = client.get(store, key)
     attempts = [a for done, _ in results for a in done]

@@ -59,7 +59,7 @@ from statelab.errors import (
 )
 from statelab.history import CONFLICT, ERROR, OK, UNKNOWN, Attempt, History, check_counter
 from statelab.metrics import Metrics
-from statelab.writers import RunResult, WritersConfig
+from statelab.writers import RunResult, WritersConfig, run_threads
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -315,26 +315,6 @@ class Exchange:
         return next((v for k, v in self.headers.items() if k.lower() == name.lower()), None)
 
 
-@contextmanager
-def _watching_http() -> Iterator[list[Exchange]]:
-    """Record every ``requests`` exchange this thread makes inside the block (``requests.post`` included)."""
-    seen: list[Exchange] = []
-    original = requests.Session.send
-    me = threading.get_ident()
-
-    def send(self: requests.Session, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
-        resp = original(self, request, **kwargs)
-        if threading.get_ident() == me:
-            seen.append(_exchange(request, resp))
-        return resp
-
-    requests.Session.send = send  # type: ignore[method-assign]
-    try:
-        yield seen
-    finally:
-        requests.Session.send = original  # type: ignore[method-assign]
-
-
 def _exchange(request: requests.PreparedRequest, resp: requests.Response) -> Exchange:
     raw = request.body.decode("utf-8", "replace") if isinstance(request.body, bytes) else str(request.body or "")
     try:
@@ -373,6 +353,7 @@ class Checker:
         self._last_increment: RunResult | None = None
         self._last_timings: Any = None
         self._last_race: list[int] = []
+        self._wire: list[Exchange] | None = None
 
     # --- plumbing ---
 
@@ -386,10 +367,30 @@ class Checker:
         return f"{self.session.endpoint}/v1.0/state/{self.session.store_name}"
 
     def http(self) -> requests.Session:
-        """A ``requests.Session`` carrying the sidecar's API token when it needs one (use it like ``requests``)."""
+        """A ``requests.Session`` carrying the sidecar's API token when it needs one (use it like ``requests``).
+
+        While a check runs, every exchange made through it is recorded (``_watching_http``), so a hint can
+        say what went over the wire. Only the sessions handed out here are recorded: nothing in ``requests``
+        is patched, so other code and other threads are untouched.
+        """
         http = requests.Session()
         http.headers.update(self.session.client.headers)
+        http.hooks["response"].append(self._heard)
         return http
+
+    def _heard(self, resp: requests.Response, *args: Any, **kwargs: Any) -> None:
+        wire = self._wire
+        if wire is not None:
+            wire.append(_exchange(resp.request, resp))
+
+    @contextmanager
+    def _watching_http(self) -> Iterator[list[Exchange]]:
+        """The exchanges made through this checker's ``http()`` sessions inside the block."""
+        self._wire = seen = []
+        try:
+            yield seen
+        finally:
+            self._wire = None
 
     def _run(self, name: str, check: Callable[..., CheckResult], *args: Any) -> CheckResult:
         try:
@@ -609,7 +610,7 @@ def _explain_refusal(ex: Exchange | None, store: str) -> str:
 
 def _check_save(ck: Checker, save: Any) -> CheckResult:
     key, value = _fresh("lab01-save"), {"item": "coffee", "qty": 2}
-    with _watching_http() as wire:
+    with ck._watching_http() as wire:
         out, exc = _call(save, ck.url, key, value)
     if exc is not None:
         return _failed("save", _raised(save, exc, SAVE_TASK))
@@ -639,7 +640,7 @@ def _check_get(ck: Checker, get: Any) -> CheckResult:
     key, value = _fresh("lab01-get"), {"item": "tea", "qty": 1}
     client.save(ck.store, key, value)
     etag = client.get(ck.store, key).etag  # type: ignore[union-attr]
-    with _watching_http() as wire:
+    with ck._watching_http() as wire:
         out, exc = _call(get, ck.url, key)
     if exc is not None:
         return _failed("get", _raised(get, exc, GET_TASK))
@@ -692,7 +693,7 @@ def _check_delete(ck: Checker, delete: Any) -> CheckResult:
     client.save(store, key, "v1")
     stale = client.get(store, key).etag  # type: ignore[union-attr]
     client.save(store, key, "v2")  # someone else saves: `stale` is now old
-    with _watching_http() as wire:
+    with ck._watching_http() as wire:
         out, exc = _call(delete, ck.url, key, stale)
     after = client.get(store, key)
     deletes = [e for e in wire if e.method == "DELETE"]
@@ -727,7 +728,7 @@ def _check_etag_flow(ck: Checker, get: Any, update: Any, delete: Any) -> CheckRe
         return _failed("etag_flow", "This flow starts with your `get()`, which does not return `(value, etag)` "
                                     "yet: make its check pass first.")
     etag = out[1]
-    with _watching_http() as wire:
+    with ck._watching_http() as wire:
         ok, exc = _call(update, ck.url, key, "New Data", etag)
     if exc is not None:
         return _failed("etag_flow", _raised(update, exc, UPDATE_TASK))
@@ -884,7 +885,6 @@ class _Flags:
     no_etag: int = 0
     last_write: int = 0
     swallowed: int = 0  # the attempt returned normally although its save was refused
-    no_save: int = 0
     capped_waits: int = 0
     fatal: str = ""  # the hint when learner code raised something that is not a conflict
 
@@ -914,8 +914,8 @@ def _outcome(exc: Exception | None, saves: list[Call], key: str) -> tuple[str, i
 
 def _run_increments(session: Session, endpoints: Sequence[str], key: str, attempt: Any, backoff: Any,
                      max_attempts: int, *, writers: int, operations: int, seed: int, progress: bool,
-                     reset: bool = True, deadline: float = 120.0,
-                     start: threading.Barrier | None = None) -> tuple[RunResult, _Flags]:
+                     reset: bool = True, deadline: float = 120.0, start: threading.Barrier | None = None,
+                     stop: threading.Event | None = None) -> tuple[RunResult, _Flags]:
     """Lab 02's harness: ``writers`` threads over ``endpoints``, each ``operations`` increments of ``key``.
 
     The retry loop is the one lesson 03 shows (bounded, re-running the learner's ``attempt`` and sleeping
@@ -930,7 +930,7 @@ def _run_increments(session: Session, endpoints: Sequence[str], key: str, attemp
             c.save(store, key, 0)
     flags = _Flags()
     lock = threading.Lock()
-    stop = threading.Event()
+    stop = stop or threading.Event()
     attempts: list[Attempt] = []
     gave_up = [0]
     t0 = time.perf_counter()
@@ -962,9 +962,7 @@ def _run_increments(session: Session, endpoints: Sequence[str], key: str, attemp
                         break
                     etag = saves[-1].etags.get(key) if saves else None
                     with lock:
-                        if not saves:
-                            flags.no_save += 1
-                        else:
+                        if saves:
                             last = calls.index(saves[-1])
                             if not any(c.kind == "get" and key in c.keys for c in calls[:last]):
                                 flags.no_read += 1
@@ -1010,10 +1008,7 @@ def _run_increments(session: Session, endpoints: Sequence[str], key: str, attemp
         start.wait()  # all attendees of a simulation start together
     threads = [threading.Thread(target=guarded, args=(i,), name=f"lab-writer-{i}", daemon=True) for i in range(writers)]
     try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        run_threads(threads, stop)
     finally:
         bar.close()
     wall = time.perf_counter() - t0
@@ -1197,11 +1192,7 @@ def _check_create_if_absent(ck: Checker, create: Any, creators: int) -> CheckRes
         with lock:
             outcomes.append((i, err, status))
 
-    threads = [threading.Thread(target=creator, args=(i,), daemon=True) for i in range(creators)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads([threading.Thread(target=creator, args=(i,), daemon=True) for i in range(creators)], gate=gate)
     winners = sorted(i for i, err, _ in outcomes if err is None)
     state = client.get(store, key3)
     losers = sorted({s for _, err, s in outcomes if err is not None and s is not None})
@@ -1492,10 +1483,7 @@ def _run_transfers(session: Session, transfer: Any, is_conflict: Any, workers: i
 
     threads = [threading.Thread(target=guarded, args=(i,), daemon=True) for i in range(workers)]
     try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        run_threads(threads, stop)
     finally:
         bar.close()
     run = TransferRun(session.store_type.removeprefix("state."), workers, transfers,
@@ -1803,7 +1791,8 @@ MAX_PUBLISHED_ATTEMPTS = 4000  # keeps one attendee's summary small (≈ 100 KB 
 
 def class_run(session: Session, attempt: Any, backoff: Any, max_attempts: int, *, class_id: str,
               attendee: str | None = None, writers: int = MIN_WRITERS, operations: int = 10, seed: int = 7,
-              progress: bool = False, start: threading.Barrier | None = None) -> ClassRun:
+              progress: bool = False, start: threading.Barrier | None = None,
+              stop: threading.Event | None = None) -> ClassRun:
     """Run ``writers`` writers on the class counter, then publish the run's history summary over the Dapr API."""
     keys = ClassKeys(class_id)
     attendee = _slug(attendee or "", "") or default_attendee()
@@ -1813,7 +1802,7 @@ def class_run(session: Session, attempt: Any, backoff: Any, max_attempts: int, *
     started_at = time.time()
     run, flags = _run_increments(session, _lab_endpoints(session), keys.counter, attempt, backoff, max_attempts,
                                  writers=writers, operations=operations, seed=seed, progress=progress, reset=False,
-                                 start=start)
+                                 start=start, stop=stop)
     if flags.fatal:
         raise DaprError(flags.fatal)
     rows = [[a.writer, a.op, a.attempt, round(a.start, 4), round(a.end, 4), OUTCOME_CODES.get(a.outcome, "e")]
@@ -1864,6 +1853,7 @@ def simulate_attendees(session: Session, class_id: str, count: int, *, writers: 
     if count <= 0:
         return Simulation([], [])
     gate = threading.Barrier(count)
+    stop = threading.Event()
     runs: list[ClassRun] = []
     errors: list[str] = []
     lock = threading.Lock()
@@ -1872,7 +1862,7 @@ def simulate_attendees(session: Session, class_id: str, count: int, *, writers: 
         try:
             run = class_run(session, reference_attempt, reference_backoff, 50, class_id=class_id,
                             attendee=f"{prefix}-{i + 1}", writers=writers, operations=operations, seed=seed + i,
-                            start=gate)
+                            start=gate, stop=stop)
             with lock:
                 runs.append(run)
         except Exception as exc:  # noqa: BLE001 - reported in the result, never a thread traceback
@@ -1880,11 +1870,7 @@ def simulate_attendees(session: Session, class_id: str, count: int, *, writers: 
                 errors.append(f"{prefix}-{i + 1}: {type(exc).__name__}: {exc}")
             gate.abort()
 
-    threads = [threading.Thread(target=attendee, args=(i,), daemon=True) for i in range(count)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads([threading.Thread(target=attendee, args=(i,), daemon=True) for i in range(count)], stop, gate=gate)
     return Simulation(sorted(runs, key=lambda r: r.attendee), errors)
 
 

@@ -13,6 +13,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +68,21 @@ def error_outputs(nb: Any) -> list[str]:
     return problems
 
 
+@contextmanager
+def _kernel_env(name: str, value: str) -> Iterator[None]:
+    """Set ``name`` for the kernel papermill starts (it inherits this process's environment, and papermill
+    has no other way in), and give the caller its own value back afterwards."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
 def run_one(path: Path, output: Path, *, store: str, cell_timeout: int, extra: dict[str, Any]) -> Result:
     import nbformat
     import papermill
@@ -73,20 +90,20 @@ def run_one(path: Path, output: Path, *, store: str, cell_timeout: int, extra: d
     output.mkdir(parents=True, exist_ok=True)
     executed = output / path.name
     params = {**COMMON_PARAMETERS, "store": store, **extra}
-    os.environ["STATELAB_OUTPUT_DIR"] = str(output)
     started = time.monotonic()
     error = ""
     try:
-        papermill.execute_notebook(
-            str(path),
-            str(executed),
-            parameters=params,
-            cwd=str(path.parent),
-            kernel_name="python3",
-            execution_timeout=cell_timeout,
-            progress_bar=False,
-            log_output=False,
-        )
+        with _kernel_env("STATELAB_OUTPUT_DIR", str(output)):
+            papermill.execute_notebook(
+                str(path),
+                str(executed),
+                parameters=params,
+                cwd=str(path.parent),
+                kernel_name="python3",
+                execution_timeout=cell_timeout,
+                progress_bar=False,
+                log_output=False,
+            )
     except Exception as exc:  # noqa: BLE001 - reported per notebook, the run goes on
         error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
     seconds = time.monotonic() - started

@@ -12,9 +12,13 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from statelab.client import StateClient, default_endpoint
 from statelab.errors import SidecarUnavailable, StackError
+
+if TYPE_CHECKING:
+    import redis
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +35,22 @@ class Session:
     owns_stack: bool = True  # False for the stack of `statelab up` / ./scripts/lab: closing leaves it running
     grpc_endpoint: str | None = None  # the sidecar's gRPC address (for the Dapr SDKs), when known
     client: StateClient = field(init=False)
+    _redis_clients: dict[int, Any] = field(init=False, default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.client = StateClient(self.endpoint)
+
+    def redis(self, index: int = 0) -> redis.Redis:
+        """A redis-py client for the local stack's primary (0) or replica ``index``, opened once and kept
+        until ``close()`` (lessons read around the sidecar many times; one pool each, not one per call)."""
+        if self.stack is None or getattr(self.stack, "store", None) != "redis":
+            raise StackError("only a session on a local Redis stack can open its Redis servers")
+        if index not in self._redis_clients:
+            import redis
+
+            self._redis_clients[index] = redis.Redis.from_url(self.stack.redis_url(index), socket_timeout=5)  # type: ignore[attr-defined]
+        client: redis.Redis = self._redis_clients[index]
+        return client
 
     @property
     def endpoints(self) -> list[str]:
@@ -79,9 +96,7 @@ class Session:
         stack = self.stack
         full_key = f"{stack.app_id}||{key}"  # type: ignore[attr-defined]
         if stack.store == "redis":  # type: ignore[attr-defined]
-            import redis
-
-            r = redis.Redis.from_url(stack.redis_url(0))  # type: ignore[attr-defined]
+            r = self.redis(0)
             fields = {k.decode(): v.decode("utf-8", "replace") for k, v in r.hgetall(full_key).items()}
             return {"key": full_key, "where": stack.redis_url(0), "type": r.type(full_key).decode(),  # type: ignore[attr-defined]
                     "fields": fields, "ttl": r.ttl(full_key)}
@@ -98,6 +113,9 @@ class Session:
 
     def close(self) -> None:
         self.client.close()
+        for client in self._redis_clients.values():
+            client.close()
+        self._redis_clients.clear()
         if self.stack is not None and self.owns_stack:
             self.stack.stop()  # type: ignore[attr-defined]
 

@@ -183,6 +183,36 @@ def _groups(client: StateClient, store: str, sidecars: int) -> tuple[dict[int, s
     return {i: "all" for i in range(sidecars)}, store_type
 
 
+STOP_GRACE_SECONDS = 5.0  # how long an interrupted run waits for its threads to finish the request in flight
+
+
+def run_threads(threads: Sequence[threading.Thread], stop: threading.Event | None = None, *,
+                gate: threading.Barrier | None = None) -> None:
+    """Start ``threads`` and wait for them all: the one place where statelab's concurrent runs wait.
+
+    If the wait is interrupted (Jupyter's stop button, Ctrl-C) or fails, ``stop`` is set and ``gate``
+    aborted, so no thread starts another request or waits at the gate for ever; the threads get
+    ``STOP_GRACE_SECONDS`` to finish the request in flight, then the interrupt goes on to the caller. So
+    the cell returns promptly and nothing keeps writing to the sidecar behind the learner's back.
+    """
+    started: list[threading.Thread] = []
+    try:
+        for thread in threads:
+            thread.start()
+            started.append(thread)
+        for thread in started:
+            thread.join()
+    except BaseException:
+        if stop is not None:
+            stop.set()
+        if gate is not None:
+            gate.abort()
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for thread in started:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        raise
+
+
 class _Writer(threading.Thread):
     def __init__(self, index: int, run: _Run) -> None:
         super().__init__(name=f"writer-{index}", daemon=True)
@@ -330,10 +360,7 @@ def run_writers(
                     c.save(config.store, key, initial)
     run.writers = [_Writer(i, run) for i in range(config.writers)]
     started = time.perf_counter()
-    for w in run.writers:
-        w.start()
-    for w in run.writers:
-        w.join()
+    run_threads(run.writers, stop)
     wall = time.perf_counter() - started
     run.report(force=True)
     history = History(sorted((a for w in run.writers for a in w.attempts), key=lambda a: a.start))

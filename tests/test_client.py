@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import gc
+import os
+import resource
 import socket
+import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
 
 import pytest
 from conftest import STORE_NAME
@@ -201,3 +207,91 @@ def test_one_client_shared_by_threads_gives_each_thread_its_own_connection(api):
     assert errors == []
     assert [client.get(STORE_NAME, k).value for k in keys] == [24] * 8
     client.close()
+
+
+# --- closing: no connection outlives close() ------------------------------------------------------
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
+
+def _connections_to(port: int) -> dict[int, str]:
+    """This process's open TCP connections to ``port``: file descriptor -> local address (from /proc)."""
+    local_by_inode: dict[str, str] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                local, remote, inode = fields[1], fields[2], fields[9]
+                if int(remote.rsplit(":", 1)[1], 16) == port:
+                    local_by_inode[inode] = local
+    found = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            link = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # closed meanwhile
+            continue
+        if link.startswith("socket:[") and link[8:-1] in local_by_inode:
+            found[int(fd)] = local_by_inode[link[8:-1]]
+    return found
+
+
+@linux_only
+@pytest.mark.parametrize("api", ["in-memory"], indirect=True)
+def test_close_closes_every_threads_connection_also_the_ones_reopened_after_an_earlier_close(api):
+    port = urlsplit(api.url).port
+    before = set(_connections_to(port).values())  # other tests' clients may still hold some
+
+    def opened() -> set[str]:
+        return set(_connections_to(port).values()) - before
+
+    client = api.client()
+    key = api.key()
+    client.save(STORE_NAME, key, "v")
+    workers = 4
+    barrier = threading.Barrier(workers, timeout=10)
+
+    def read(_: int) -> object:
+        barrier.wait()  # one read per pool thread, so each has a connection of its own
+        return client.get(STORE_NAME, key).value
+
+    with ThreadPoolExecutor(workers) as pool:  # the same threads live on across both close() calls
+        for _ in range(2):
+            assert list(pool.map(read, range(workers))) == ["v"] * workers
+            assert client.get(STORE_NAME, key).value == "v"  # a closed client is still usable, as a requests.Session
+            assert len(opened()) == workers + 1
+            client.close()
+            assert opened() == set()
+
+
+@linux_only
+@pytest.mark.parametrize("api", ["in-memory"], indirect=True)
+def test_keep_alive_connection_is_reused_when_its_file_descriptor_is_above_1024(api):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < 1200:
+        if hard != resource.RLIM_INFINITY and hard < 1200:
+            pytest.skip(f"the open-file limit ({hard}) is too low to reach descriptor 1024")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1200, hard))
+    port = urlsplit(api.url).port
+    before = set(_connections_to(port).values())
+
+    def opened() -> dict[int, str]:
+        return {fd: local for fd, local in _connections_to(port).items() if local not in before}
+
+    gc.collect()  # no leftover socket of an earlier test is freed midway, leaving a low descriptor free
+    filler: list[int] = []
+    try:
+        # A new descriptor takes the lowest free number: fill all up to 1100, as a busy Jupyter kernel may.
+        while not filler or filler[-1] < 1100:
+            filler.append(os.open(os.devnull, os.O_RDONLY))
+        client = api.client()
+        key = api.key()
+        client.save(STORE_NAME, key, 1)
+        first = opened()
+        assert len(first) == 1 and min(first) >= 1024
+        assert client.get(STORE_NAME, key).value == 1
+        assert opened() == first  # same descriptor, same local port: the connection was kept, not reopened
+        client.close()
+    finally:
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

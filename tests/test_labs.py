@@ -228,17 +228,37 @@ def test_metrics_name_the_first_failure_in_lab_order_whatever_order_the_cells_ra
 
 def test_lab01_hints_name_the_docs_bugs(session, tmp_path):
     check = _checker("01_fix_the_docs_lab", session, tmp_path)
-    double = check.save(lambda url, key, value: requests.post(url, json=f'[{{"key": "{key}", "value": 1}}]'))
-    wrong_store = check.save(lambda url, key, value: requests.post(url.replace("statestore", "redis-store"),
-                                                                     json=[{"key": key, "value": value}]))
+    http = check.http()  # what the lab hands the learner: `requests`, recorded while a check runs
+    double = check.save(lambda url, key, value: http.post(url, json=f'[{{"key": "{key}", "value": 1}}]'))
+    wrong_store = check.save(lambda url, key, value: http.post(url.replace("statestore", "redis-store"),
+                                                                 json=[{"key": key, "value": value}]))
 
     def header_get(url, key):
-        resp = requests.get(f"{url}/{key}", headers={"consistency": "strong"})
+        resp = http.get(f"{url}/{key}", headers={"consistency": "strong"})
         return resp.json(), resp.headers["ETag"]
 
     assert "encodes it a second time" in double.message
     assert "ERR_STATE_STORE_NOT_FOUND" in wrong_store.message and "`statestore`" in wrong_store.message
     assert "as an HTTP header" in check.get(header_get).message
+
+
+def test_a_check_records_only_its_own_sessions_and_patches_nothing(session, tmp_path):
+    check = _checker("01_fix_the_docs_lab", session, tmp_path)
+    http, send = check.http(), requests.Session.send
+    other_thread: list[int] = []
+
+    def save(url, key, value):
+        # Someone else's plain `requests` call, from another thread, while the check runs: not the learner's.
+        t = threading.Thread(target=lambda: other_thread.append(requests.get(f"{url}/{key}").status_code))
+        t.start()
+        t.join()
+        return http.post(url, json=[{"key": key, "value": value, "options": {"consistency": "strong"}}])
+
+    with check._watching_http() as wire:
+        save(check.url, "recorded-1", {"item": "coffee", "qty": 2})
+    assert [(e.method, e.status) for e in wire] == [("POST", 204)]
+    assert other_thread == [204] and requests.Session.send is send
+    assert check.save(save).passed
 
 
 def test_the_attempt_check_forces_an_interleaving_and_sees_the_lost_update(session, tmp_path):

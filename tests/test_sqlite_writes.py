@@ -7,14 +7,18 @@ undone alone and its neighbours still commit; and nobody hears back before the C
 from __future__ import annotations
 
 import asyncio
+import gc
+import os
 import sqlite3
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 
 from statelab.errors import ETagMismatch, StoreError
-from statelab.stores.sqlite import GroupWriter
+from statelab.stores.base import SetRequest
+from statelab.stores.sqlite import GroupWriter, SQLiteStore
 
 
 def _connect(path: Path):  # noqa: ANN202 - a factory for GroupWriter
@@ -127,3 +131,40 @@ def test_close_waits_for_queued_writes(path: Path, count: int) -> None:
 
     asyncio.run(main())
     assert len(_stored(path)) == count
+
+
+def _open_files_under(folder: Path) -> list[str]:
+    """The files under ``folder`` this process has open (the database, its -wal and -shm)."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith(f"{folder}{os.sep}"):
+            found.append(target)
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_store_close_closes_every_connection_also_those_of_its_worker_threads(tmp_path: Path) -> None:
+    folder = tmp_path / "db"
+    folder.mkdir()
+
+    async def main() -> list[str]:
+        store = SQLiteStore({"connectionString": str(folder / "state.db")})
+        await store.init()
+        await asyncio.gather(*(store.set(SetRequest(f"k{i}", i)) for i in range(20)))  # the writer thread
+        assert (await store.get("k1")).data == b"1"  # the event loop's reader
+        # Several reads at once keep several pool threads busy, each opening its own connection.
+        found = await asyncio.gather(*(store.bulk_get([f"k{i}", "missing"]) for i in range(20)))
+        assert all(items[0].item is not None for items in found)
+        assert _open_files_under(folder)
+        await store.close()
+        return _open_files_under(folder)
+
+    gc.disable()  # a collection could close leaked connections behind close()'s back and hide the leak
+    try:
+        assert asyncio.run(main()) == []
+    finally:
+        gc.enable()

@@ -125,9 +125,6 @@ class StateStore:
     async def close(self) -> None:
         """Release connections and background tasks."""
 
-    async def ping(self) -> None:
-        """Raise if the backing store is unreachable."""
-
     async def get(self, key: str, *, consistency: str = "", metadata: dict[str, str] | None = None) -> Item | None:
         raise NotImplementedError
 

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from statelab import gojson
@@ -37,7 +37,7 @@ def _encode(value: Any) -> bytes:
 class MemoryStore(StateStore):
     features = ("ETAG", "TRANSACTIONAL", "TTL", "DELETE_WITH_PREFIX", "KEYS_LIKE")
 
-    def __init__(self, metadata: dict[str, str]) -> None:
+    def __init__(self, metadata: Mapping[str, str]) -> None:
         self._items: dict[str, Item] = {}
         self._sweeper: asyncio.Task | None = None
 

@@ -13,7 +13,7 @@ written with first-write refuses later writes without an ETag, and ``consistency
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from statelab import gojson
@@ -85,7 +85,7 @@ def _host_port(value: str) -> tuple[str, int]:
 class RedisStore(StateStore):
     features = ("ETAG", "TRANSACTIONAL", "TTL", "KEYS_LIKE")
 
-    def __init__(self, metadata: dict[str, str]) -> None:
+    def __init__(self, metadata: Mapping[str, str]) -> None:
         if not metadata.get("redisHost"):
             raise ComponentError("redis store error: redisHost is empty")
         self.host, self.port = _host_port(metadata["redisHost"])
@@ -132,9 +132,6 @@ class RedisStore(StateStore):
     async def close(self) -> None:
         if self._client is not None:
             await self._client.close()
-
-    async def ping(self) -> None:
-        _ok(await self.client.call("PING"))
 
     # --- reads ---------------------------------------------------------------------------------------
 

@@ -15,6 +15,10 @@ Two kinds of work cannot share that connection:
   whole block in one go, which on one connection and one event loop keeps it contiguous.
 
 Timeouts are timers on the connection (one per connection, not one ``asyncio.timeout`` per command).
+
+A command whose connection fails is sent again (``redisMaxRetries`` times), even a write whose reply was
+lost after Redis applied it. daprd's go-redis does the same, so a 409 or a double-applied transaction can
+follow a lost reply on both (``docs/dapr-behaviour.md``, "a write whose reply was lost is sent again").
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -72,7 +72,7 @@ def _ttl(req: SetRequest) -> int | None:
 class SQLiteStore(StateStore):
     features = ("ETAG", "TRANSACTIONAL", "TTL", "KEYS_LIKE")
 
-    def __init__(self, metadata: dict[str, str]) -> None:
+    def __init__(self, metadata: Mapping[str, str]) -> None:
         conn = metadata.get("connectionString") or metadata.get("url") or ""
         if not conn:
             raise ComponentError("missing connection string")
@@ -94,6 +94,10 @@ class SQLiteStore(StateStore):
         self.busy_timeout = parse_duration(metadata.get("busyTimeout"), 2.0)
         self.wal = (metadata.get("disableWAL") or "false").lower() not in ("true", "1", "yes", "y", "on")
         self._local = threading.local()
+        # Every connection _connect() made, whichever thread holds it: the pool threads' ones are otherwise
+        # reachable only from those threads, and close() must close them all (their files stay open till then).
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1 if self.memory else 4, thread_name_prefix="sqlite")
         self._writes: GroupWriter | None = None  # set/delete/transaction, one thread (see GroupWriter)
         self._keeper: sqlite3.Connection | None = None
@@ -105,6 +109,8 @@ class SQLiteStore(StateStore):
         conn = sqlite3.connect(
             self.target, uri=self.uri, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
         )
+        with self._connections_lock:
+            self._connections.append(conn)
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         if self.wal and not self.memory:
             conn.execute("PRAGMA journal_mode = WAL")
@@ -166,12 +172,10 @@ class SQLiteStore(StateStore):
         self._pool.shutdown(wait=True)
         if self._writes is not None:
             self._writes.close()
-        for conn in (self._keeper, self._reader):
-            if conn is not None:
-                conn.close()
-
-    async def ping(self) -> None:
-        await self._run(lambda c: c.execute("SELECT 1").fetchone())
+        with self._connections_lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:  # the threads that used them have stopped (closing twice is harmless)
+            conn.close()
 
     # --- reads -----------------------------------------------------------------------------------
 
