@@ -38,7 +38,8 @@ def _up(args: argparse.Namespace) -> int:
 
     try:
         stack = local.up(
-            store=args.store, replicas=args.replicas, sidecars=args.sidecars, app_id=args.app_id, shared=args.shared
+            store=args.store, replicas=args.replicas, sidecars=args.sidecars, app_id=args.app_id, shared=args.shared,
+            runtime=args.runtime,
         )
     except local.StackError as exc:
         print(f"statelab up: {exc}", file=sys.stderr)
@@ -87,6 +88,8 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--replicas", type=int, default=1, help="Redis replicas (redis store only)")
     u.add_argument("--sidecars", type=int, default=1, help="app instances sharing the store (ports 3500, 3501, ...)")
     u.add_argument("--app-id", default="myapp")
+    u.add_argument("--runtime", default="statelab", choices=["statelab", "daprd"],
+                   help="statelab's sidecar (default, nothing to install) or a real daprd built by scripts/daprd")
     u.add_argument("--shared", action="store_true",
                    help="class mode, one stack for many people: Redis requires a generated password "
                    "(kept in the run folder's component file, readable only by you)")

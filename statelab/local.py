@@ -52,10 +52,13 @@ logger = logging.getLogger(__name__)
 
 Store = Literal["redis", "sqlite", "in-memory"]
 STORES: tuple[str, ...] = ("redis", "sqlite", "in-memory")
+Runtime = Literal["statelab", "daprd"]
+RUNTIMES: tuple[str, ...] = ("statelab", "daprd")
 HOST = "127.0.0.1"
 STOP_GRACE_SECONDS = 5.0
 LOG_TAIL_LINES = 20
 GRPC_PORT_OFFSET = 50  # default gRPC port of sidecar i: http_port + GRPC_PORT_OFFSET + i (3550 for 3500)
+# daprd also listens on an internal gRPC port (service invocation between sidecars): 3600 + i for 3500.
 KEEP_RUN_DIRS = 20  # default run folders kept under the state dir; older ones are pruned at start
 
 
@@ -107,6 +110,24 @@ def find_redis_server() -> str:
     )
 
 
+def find_daprd() -> str:
+    """Path of a real daprd: ``$STATELAB_DAPRD``, else ``scripts/daprd``'s build (made on first use, a few
+    minutes; it falls back to a daprd on PATH or in ``~/.dapr/bin`` when Go is missing)."""
+    if found := os.environ.get("STATELAB_DAPRD"):
+        if os.access(found, os.X_OK):
+            return found
+        raise StackError(f"STATELAB_DAPRD={found} is not an executable file")
+    script = components_source().parent / "scripts" / "daprd"
+    logger.info("finding daprd with %s (the first build takes a few minutes)", script)
+    done = subprocess.run([str(script)], capture_output=True, text=True)
+    for line in done.stderr.splitlines():
+        logger.info("%s", line)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        raise StackError(f"no daprd to run: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else script}")
+    return lines[-1]
+
+
 @dataclass(eq=False)
 class _Child:
     """One process of the stack and everything needed to start it again the same way."""
@@ -118,6 +139,7 @@ class _Child:
     env: dict[str, str] | None = None
     port: int = 0
     grpc_port: int = 0  # sidecars only
+    internal_port: int = 0  # daprd only: its internal gRPC port
     proc: subprocess.Popen[bytes] | None = None
     _log_file: IO[bytes] | None = None
     _log_start: int = 0  # where this run's lines begin in the (appended) log
@@ -128,7 +150,7 @@ class _Child:
 
     @property
     def ports(self) -> list[int]:
-        return [self.port, self.grpc_port] if self.grpc_port else [self.port]
+        return [p for p in (self.port, self.grpc_port, self.internal_port) if p]
 
     def spawn(self, cwd: Path, detach: bool) -> None:
         self.close_log()
@@ -329,15 +351,20 @@ class Stack:
     shared: bool = False
     detach: bool = False  # True: children outlive this process (CLI `statelab up`)
     start_timeout: float = 15.0  # seconds to wait for each process to become ready
+    runtime: Runtime = "statelab"  # "daprd": real Dapr sidecars (./scripts/daprd) on the same stores and ports
+    internal_grpc_port: int | None = None  # daprd only: sidecar i's internal gRPC port; None: http_port + 100
 
     _redis: list[_Child] = field(default_factory=list, init=False, repr=False)
     _sidecars: list[_Child] = field(default_factory=list, init=False, repr=False)
     _components_dir: Path | None = field(default=None, init=False, repr=False)
-    _recorded: bool = field(default=False, init=False, repr=False)  # started by up(): keep status_path() current
+    _recorded: bool = field(default=False, init=False, repr=False)
+    _daprd_path: str | None = field(default=None, init=False, repr=False)  # started by up(): keep status_path() current
 
     def __post_init__(self) -> None:
         if self.store not in STORES:
             raise ValueError(f"store must be one of {', '.join(STORES)}, not {self.store!r}")
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not {self.runtime!r}")
         if self.replicas < 0 or self.sidecars < 0:
             raise ValueError("replicas and sidecars must not be negative")
         if self.run_dir is not None:
@@ -346,6 +373,8 @@ class Stack:
             self.redis_password = secrets.token_urlsafe(24)
         if self.grpc_port is None:
             self.grpc_port = self.http_port + GRPC_PORT_OFFSET
+        if self.internal_grpc_port is None:
+            self.internal_grpc_port = self.http_port + 2 * GRPC_PORT_OFFSET
         for port in self.ports:
             if not 0 < port < 65536:
                 raise ValueError(f"port {port} is out of range")
@@ -369,6 +398,8 @@ class Stack:
         """Every port the stack binds: sidecars first (HTTP, then gRPC), then the Redis primary and replicas."""
         ports = [self.http_port + i for i in range(self.sidecars)]
         ports += [self._grpc_base + i for i in range(self.sidecars)]
+        if self.runtime == "daprd":
+            ports += [self._internal_base + i for i in range(self.sidecars)]
         if self.store == "redis":
             ports += [self.redis_port + j for j in range(1 + self.redis_replicas)]
         return ports
@@ -401,6 +432,11 @@ class Stack:
     def _grpc_base(self) -> int:
         assert self.grpc_port is not None  # __post_init__ sets the default
         return self.grpc_port
+
+    @property
+    def _internal_base(self) -> int:
+        assert self.internal_grpc_port is not None  # __post_init__ sets the default
+        return self.internal_grpc_port
 
     @property
     def running(self) -> bool:
@@ -441,7 +477,7 @@ class Stack:
 
     def describe(self) -> str:
         """One line saying what runs where."""
-        noun = "sidecar" if self.sidecars == 1 else "sidecars"
+        noun = f"{self.runtime} sidecar{'' if self.sidecars == 1 else 's'}"  # "statelab sidecar", "daprd sidecars"
         store: str = self.store
         if self.store == "redis":
             store += f" with {self.replicas} replica{'' if self.replicas == 1 else 's'}"
@@ -540,6 +576,7 @@ class Stack:
     def _process_records(self) -> list[dict[str, Any]]:
         return [
             {"name": c.name, "pid": c.proc.pid, "port": c.port, **({"grpc_port": c.grpc_port} if c.grpc_port else {}),
+             **({"internal_grpc_port": c.internal_port} if c.internal_port else {}),
              "start_time": _proc_start_time(c.proc.pid)}
             for c in self._redis + self._sidecars
             if c.proc is not None
@@ -607,6 +644,8 @@ class Stack:
     def _port_names(self) -> dict[int, str]:
         names = {self.http_port + i: f"sidecar {i}" for i in range(self.sidecars)}
         names.update({self._grpc_base + i: f"sidecar {i} gRPC" for i in range(self.sidecars)})
+        if self.runtime == "daprd":
+            names.update({self._internal_base + i: f"daprd {i} internal gRPC" for i in range(self.sidecars)})
         if self.store == "redis":
             names[self.redis_port] = "Redis primary"
             names.update({self.redis_port + 1 + j: f"Redis replica {j}" for j in range(self.redis_replicas)})
@@ -698,6 +737,8 @@ class Stack:
         env.pop("DAPR_API_TOKEN", None)  # the stack's api_token decides, not whatever the caller had set
         if self.api_token:
             env["DAPR_API_TOKEN"] = self.api_token
+        # daprd finds "its" address by opening a UDP socket towards a LAN address; on loopback it needs none.
+        env["DAPR_HOST_IP"] = HOST
         return env
 
     def _sidecar_child(self, i: int, env: dict[str, str]) -> _Child:
@@ -710,11 +751,31 @@ class Stack:
             "resources-path": str(self._components_dir),
             "log-level": "info",
         }
-        cmd = [sys.executable, "-m", "statelab", "sidecar", *_flags(options)]
+        if self.runtime == "daprd":
+            options.update({
+                # As `dapr run` starts it, minus what needs a control plane or the LAN: no placement or
+                # scheduler (else daprd retries them for ever and never reports healthy), no metrics
+                # server, every listener on loopback.
+                "dapr-internal-grpc-port": str(self._internal_base + i),
+                "dapr-internal-grpc-listen-address": HOST,
+                "dapr-listen-addresses": HOST,
+                "placement-host-address": "",
+                "scheduler-host-address": "",
+                "enable-metrics": "false",
+            })
+            cmd = [self._daprd, *_flags(options)]
+        else:
+            cmd = [sys.executable, "-m", "statelab", "sidecar", *_flags(options)]
         return _Child(
             name=f"sidecar-{i}", role="sidecar", cmd=cmd, log=self.run_dir / f"sidecar-{i}.log", env=env,
-            port=port, grpc_port=grpc_port,
+            port=port, grpc_port=grpc_port, internal_port=self._internal_base + i if self.runtime == "daprd" else 0,
         )
+
+    @property
+    def _daprd(self) -> str:
+        if self._daprd_path is None:
+            self._daprd_path = find_daprd()
+        return self._daprd_path
 
     def _start_sidecars(self) -> None:
         env = self._sidecar_env()
@@ -811,6 +872,7 @@ def _write_status(stack: Stack) -> None:
     record = {
         "run_dir": str(stack.run_dir),
         "store": stack.store,
+        "runtime": stack.runtime,
         "app_id": stack.app_id,
         "sidecars": stack.sidecars,
         "replicas": stack.redis_replicas,
@@ -877,6 +939,7 @@ def status() -> dict[str, Any] | None:
         if p["alive"] and not ok
     ]
     record["running"] = not problems
+    record.setdefault("runtime", "statelab")
     record["summary"] = (
         f"running: {record['describe']}"
         if not problems
@@ -959,6 +1022,8 @@ def attach() -> Stack | None:
         http_port=sidecar0["port"] if sidecar0 else 3500,
         redis_port=redis0["port"] if redis0 else 6380,
         grpc_port=sidecar0.get("grpc_port") if sidecar0 else None,
+        internal_grpc_port=sidecar0.get("internal_grpc_port") if sidecar0 else None,
+        runtime=record.get("runtime", "statelab"),
         run_dir=run_dir,
         appendonly=bool(record.get("appendonly", False)),
         redis_password=_recorded_redis_password(run_dir, record["store"]),

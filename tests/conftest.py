@@ -67,9 +67,11 @@ def free_port_base(count: int) -> int:
 
 
 def make_stack(run_dir: Path | None, **kwargs: object) -> Stack:
-    """A Stack on fresh random ports in run_dir (not started): up to 4 sidecars (HTTP and gRPC) and 4 Redis servers."""
-    base = free_port_base(12)  # one block, so sidecar and Redis ports cannot overlap
-    defaults: dict[str, object] = {"http_port": base, "grpc_port": base + 8, "redis_port": base + 4, "run_dir": run_dir}
+    """A Stack on fresh random ports in run_dir (not started): up to 4 sidecars (HTTP, gRPC and, for daprd,
+    internal gRPC) and 4 Redis servers."""
+    base = free_port_base(16)  # one block, so sidecar and Redis ports cannot overlap
+    defaults: dict[str, object] = {"http_port": base, "grpc_port": base + 8, "redis_port": base + 4,
+                                   "internal_grpc_port": base + 12, "run_dir": run_dir}
     return Stack(**{**defaults, **kwargs})  # type: ignore[arg-type]
 
 
