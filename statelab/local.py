@@ -761,9 +761,10 @@ class Stack:
                 "dapr-listen-addresses": HOST,
                 "placement-host-address": "",
                 "scheduler-host-address": "",
-                "enable-metrics": "false",
             })
-            cmd = [self._daprd, *_flags(options)]
+            # A Go bool flag takes its value after "=" only: "--enable-metrics false" would leave metrics on
+            # (port 9090, shared by every daprd started).
+            cmd = [self._daprd, *_flags(options), "--enable-metrics=false"]
         else:
             cmd = [sys.executable, "-m", "statelab", "sidecar", *_flags(options)]
         return _Child(

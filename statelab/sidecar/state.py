@@ -108,9 +108,11 @@ class Failure:
 
 
 async def save(store: Store, requests: Sequence[SetRequest]) -> Failure | None:
-    """Save as daprd does (§3.1): one item is a plain set; several are independent concurrent sets whose
-    successes stay written. When every failure is an ETag error the result is that kind (invalid wins),
-    with daprd's doubled prefix; otherwise OTHER with the joined texts."""
+    """Save as daprd does (``docs/fidelity.md``, multi-item saves): one item is a plain set; several are
+    independent concurrent sets whose successes stay written. When every failure is an ETag error the result
+    is that kind (invalid wins) with daprd's doubled prefix. When ETag errors and others mix, daprd reports
+    only an ETag error (the first its ``errors.As`` finds) and drops the others; with no ETag error at all,
+    OTHER with the joined texts."""
     return await _each(store.store.set, requests)
 
 
@@ -138,6 +140,11 @@ async def _each(operation: Callable[[Any], Awaitable[None]], requests: Sequence[
     joined = "\n".join(failure_text(f) for f in failures)
     kinds = {failure_kind(f) for f in failures}
     if OTHER in kinds:
+        # daprd's handler looks for an ETag error anywhere in the joined error (errors.As) and, finding one,
+        # answers with it alone. It finds them in completion order; item order is our deterministic choice.
+        etag_failure = next((f for f in failures if failure_kind(f) != OTHER), None)
+        if etag_failure is not None:
+            return Failure(failure_kind(etag_failure), failure_text(etag_failure))
         return Failure(OTHER, joined)
     kind = INVALID if INVALID in kinds else MISMATCH
     return Failure(kind, f"{ETAG_INVALID_TEXT if kind == INVALID else ETAG_MISMATCH_TEXT}: {joined}")
