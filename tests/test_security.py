@@ -334,9 +334,9 @@ def test_jupyter_started_as_the_lab_script_does_listens_on_loopback_and_wants_th
     env = {**os.environ, "JUPYTER_TOKEN": "lab-test-token-0123456789", "JUPYTER_PORT": str(port)}
     subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60, check=True)
     args = _jupyter_args(calls)
-    jupyter = REPO / ".venv" / "bin" / "jupyter"
+    jupyter = Path(sys.executable).parent / "jupyter"  # the environment running the tests (.venv or .venvs/X.Y)
     if not jupyter.exists():
-        pytest.skip("JupyterLab is not installed in .venv")
+        pytest.skip(f"JupyterLab is not installed beside {sys.executable}")
     home = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg"), "JUPYTER_DATA_DIR": str(tmp_path / "data"),
             "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")}  # fmt: skip
     with open(tmp_path / "jupyter.log", "wb") as log:
