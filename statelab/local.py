@@ -186,9 +186,10 @@ class _Child:
             return True
         try:
             self.proc.wait(timeout=max(timeout, 0))
-            return True
         except subprocess.TimeoutExpired:
             return False
+        lifeline.forget(self.proc.pid)  # gone: nothing for the watchdog to stop any more
+        return True
 
     def close_log(self) -> None:
         if self._log_file is not None:
@@ -228,8 +229,6 @@ def _stop_children(children: list[_Child], sig: int = signal.SIGTERM) -> None:
         child.wait_exit(STOP_GRACE_SECONDS)
     for child in children:
         child.close_log()
-        if child.proc is not None and child.proc.poll() is not None:
-            lifeline.forget(child.proc.pid)
 
 
 # --- small probes ---------------------------------------------------------------------------------------
