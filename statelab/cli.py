@@ -9,7 +9,7 @@ import sys
 
 
 def _sidecar(args: argparse.Namespace) -> int:
-    from statelab.sidecar.server import SidecarConfig, main
+    from statelab.server.sidecar.server import SidecarConfig, main
 
     config = SidecarConfig(
         app_id=args.app_id,

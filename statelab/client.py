@@ -40,11 +40,6 @@ from statelab.errors import (
     Unauthorized,
 )
 
-FIRST_WRITE = "first-write"
-LAST_WRITE = "last-write"
-STRONG = "strong"
-EVENTUAL = "eventual"
-
 
 def default_endpoint() -> str:
     endpoint = os.environ.get("DAPR_HTTP_ENDPOINT")

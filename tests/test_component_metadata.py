@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from statelab.components import Component, Metadata, key_prefix, load_components
 from statelab.errors import ComponentError
-from statelab.stores import open_store
-from statelab.stores.base import SetRequest
+from statelab.server.components import Component, Metadata, key_prefix, load_components
+from statelab.server.stores import open_store
+from statelab.server.stores.base import SetRequest
 
 
 def _component(folder: Path, store_type: str, metadata: dict[str, str]) -> Component:

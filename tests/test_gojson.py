@@ -1,10 +1,10 @@
-"""JSON as daprd's Go code reads and writes it (statelab.gojson)."""
+"""JSON as daprd's Go code reads and writes it (statelab.server.gojson)."""
 
 from __future__ import annotations
 
 import pytest
 
-from statelab import gojson
+from statelab.server import gojson
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
-from statelab.sidecar import http
+from statelab.server.sidecar import http
 
 
 async def _handler(req: http.Request, seen: dict[str, object]) -> http.Response:

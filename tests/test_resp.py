@@ -1,4 +1,4 @@
-"""The sidecar's own Redis client (``statelab.stores.resp``) against a real redis-server.
+"""The sidecar's own Redis client (``statelab.server.stores.resp``) against a real redis-server.
 
 It multiplexes every caller onto one pipelined connection, so what matters is that replies reach the
 caller that asked (in order, under concurrency), that ``MULTI``/``EXEC`` blocks stay contiguous, that
@@ -18,7 +18,7 @@ import pytest
 from conftest import free_port_base, wait_until
 
 from statelab.local import find_redis_server
-from statelab.stores.resp import ReplyError, RespClient, RespConnectionError
+from statelab.server.stores.resp import ReplyError, RespClient, RespConnectionError
 
 SCRIPT = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
 

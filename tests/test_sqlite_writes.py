@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from statelab.errors import ETagMismatch, StoreError
-from statelab.stores.base import SetRequest
-from statelab.stores.sqlite import GroupWriter, SQLiteStore
+from statelab.server.stores.base import SetRequest
+from statelab.server.stores.sqlite import GroupWriter, SQLiteStore
 
 
 def _connect(path: Path):  # noqa: ANN202 - a factory for GroupWriter

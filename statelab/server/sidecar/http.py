@@ -4,7 +4,7 @@ Why not a framework: at the low load learners produce, a general framework adds 
 per request (``shared/perf-notes.md``), more than daprd itself takes. This module does transport only:
 keep-alive, pipelining (answers in request order), chunked request bodies, ``Expect: 100-continue``,
 a body size cap that never buffers past the limit, idle and slow-client timeouts, write backpressure.
-What a request means is decided by the handler it is given (``statelab.sidecar.api``).
+What a request means is decided by the handler it is given (``statelab.server.sidecar.api``).
 """
 
 from __future__ import annotations

@@ -12,14 +12,14 @@ import os
 import signal
 from dataclasses import dataclass, field
 
-from statelab.components import key_prefix, load_components
 from statelab.errors import ComponentError
-from statelab.sidecar import http
-from statelab.sidecar.api import StateAPI, internal_error
-from statelab.sidecar.state import Store
-from statelab.stores import open_store
+from statelab.server.components import key_prefix, load_components
+from statelab.server.sidecar import http
+from statelab.server.sidecar.api import StateAPI, internal_error
+from statelab.server.sidecar.state import Store
+from statelab.server.stores import open_store
 
-log = logging.getLogger("statelab.sidecar")
+log = logging.getLogger("statelab.server.sidecar")
 
 DEFAULT_MAX_BODY = 4 << 20  # daprd's --max-body-size default: 4 MiB
 
@@ -83,7 +83,7 @@ async def run(config: SidecarConfig) -> None:
         raise
     grpc_server = None
     if config.grpc_port is not None:
-        from statelab.sidecar import grpc  # imported only when asked for: grpcio and the dapr stubs are heavy
+        from statelab.server.sidecar import grpc  # imported only when asked for: grpcio and the dapr stubs are heavy
 
         try:
             grpc_server = await grpc.serve(api, config.listen_addresses, config.grpc_port, max_message=config.max_body_size)

@@ -2,7 +2,7 @@
 
 Each key is a hash ``appid||key -> {data, version[, first-write]}``. Writes run as Lua scripts so the
 version check and the write are one atomic step; the scripts are loaded once and called by SHA.
-The ETag is the integer ``version``. Commands go through ``statelab.stores.resp``, a small pipelined
+The ETag is the integer ``version``. Commands go through ``statelab.server.stores.resp``, a small pipelined
 client (redis-py's per-command overhead made it the sidecar's bottleneck).
 
 Dapr's quirks are kept on purpose because learners meet them on a real sidecar too: an ETag on a missing key creates it, last-write ignores the ETag, a key once
@@ -16,10 +16,10 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from statelab import gojson
-from statelab.components import parse_duration
 from statelab.errors import ComponentError, ETagInvalid, ETagMismatch, InvalidRequestOption, StoreError
-from statelab.stores.base import (
+from statelab.server import gojson
+from statelab.server.components import parse_duration
+from statelab.server.stores.base import (
     FIRST_WRITE,
     LAST_WRITE,
     STRONG,
@@ -32,7 +32,7 @@ from statelab.stores.base import (
     check_options,
     parse_ttl,
 )
-from statelab.stores.resp import ReplyError, RespClient
+from statelab.server.stores.resp import ReplyError, RespClient
 
 log = logging.getLogger(__name__)
 

@@ -13,19 +13,20 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qsl, unquote_plus
 
-from statelab import __version__, gojson
+from statelab import __version__
 from statelab.errors import TooManyOperations
-from statelab.sidecar import decode, state
-from statelab.sidecar.http import Request, Response
-from statelab.sidecar.state import Store, failure_text
-from statelab.stores.base import DeleteRequest, Operation, SetRequest
+from statelab.server import gojson
+from statelab.server.sidecar import decode, state
+from statelab.server.sidecar.http import Request, Response
+from statelab.server.sidecar.state import Store, failure_text
+from statelab.server.stores.base import DeleteRequest, Operation, SetRequest
 
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
 RUNTIME_VERSION = f"statelab-{__version__}"
 
-# How each kind of store failure (statelab.sidecar.state) is answered for save and delete (§2.1).
+# How each kind of store failure (statelab.server.sidecar.state) is answered for save and delete (§2.1).
 _FAILURE_STATUS = {state.MISMATCH: 409, state.INVALID: 400, state.OTHER: 500}
 
 

@@ -26,11 +26,11 @@ from google.protobuf import any_pb2, empty_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
-from statelab import gojson
-from statelab.sidecar import state
-from statelab.sidecar.api import RUNTIME_VERSION, StateAPI
-from statelab.sidecar.state import Store, failure_text
-from statelab.stores.base import DeleteRequest, Operation, SetRequest
+from statelab.server import gojson
+from statelab.server.sidecar import state
+from statelab.server.sidecar.api import RUNTIME_VERSION, StateAPI
+from statelab.server.sidecar.state import Store, failure_text
+from statelab.server.stores.base import DeleteRequest, Operation, SetRequest
 
 log = logging.getLogger(__name__)
 

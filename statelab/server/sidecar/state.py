@@ -13,9 +13,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from statelab.components import Component
 from statelab.errors import ETagInvalid, ETagMismatch, StatelabError
-from statelab.stores.base import DeleteRequest, SetRequest, StateStore
+from statelab.server.components import Component
+from statelab.server.stores.base import DeleteRequest, SetRequest, StateStore
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,10 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from statelab import gojson
-from statelab.components import parse_duration
 from statelab.errors import ComponentError, ETagMismatch, InvalidRequestOption, StoreError
-from statelab.stores.base import (
+from statelab.server import gojson
+from statelab.server.components import parse_duration
+from statelab.server.stores.base import (
     FIRST_WRITE,
     BulkItem,
     DeleteRequest,

@@ -14,9 +14,9 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from statelab import gojson
 from statelab.errors import ETagMismatch, InvalidRequestOption
-from statelab.stores.base import (
+from statelab.server import gojson
+from statelab.server.stores.base import (
     FIRST_WRITE,
     BulkItem,
     DeleteRequest,

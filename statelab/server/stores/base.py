@@ -14,11 +14,7 @@ from datetime import datetime, timezone
 from typing import Any, ClassVar
 
 from statelab.errors import InvalidRequestOption
-
-FIRST_WRITE = "first-write"
-LAST_WRITE = "last-write"
-STRONG = "strong"
-EVENTUAL = "eventual"
+from statelab.options import EVENTUAL, FIRST_WRITE, LAST_WRITE, STRONG
 
 
 @dataclass
