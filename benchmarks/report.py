@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from benchmarks import hey, writers_scaling
-from statelab.local import Stack, port_is_free
+from statelab.local import Stack, on_free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 BASELINE = ROOT / "benchmarks" / "baseline.json"
@@ -38,11 +38,9 @@ STORES = ("in-memory", "sqlite", "redis")
 
 
 def _stack(store: str) -> Stack:
-    for base in range(25000, 32000, 20):
-        if all(port_is_free(p) for p in range(base, base + 12)):
-            return Stack(store=store, replicas=0, http_port=base, redis_port=base + 4, grpc_port=base + 8,
-                         run_dir=Path(tempfile.mkdtemp(prefix=f"bench-{store}-")))
-    raise RuntimeError("no free ports")
+    return on_free_ports(Stack(store=store, replicas=0, http_port=25000, redis_port=25004, grpc_port=25008,
+                               internal_grpc_port=25012, run_dir=Path(tempfile.mkdtemp(prefix=f"bench-{store}-"))),
+                         step=20)
 
 
 def _fixed_rate(url: str, seconds: float) -> dict:

@@ -16,25 +16,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from statelab.local import Stack, port_is_free
+from statelab.local import Stack, on_free_ports
 from statelab.writers import WritersConfig, run_writers
 
 STORES = ("redis", "sqlite", "in-memory")
 
 
-def _free_block(start: int, count: int) -> int:
-    for base in range(start, 32000, 10):
-        if all(port_is_free(p) for p in range(base, base + count)):
-            return base
-    raise RuntimeError("no free ports")
-
-
 def run(writer_counts: list[int], operations: int, stores: list[str], policy: str) -> list[dict]:
     rows = []
     for store in stores:
-        base = _free_block(24000, 8)
-        with Stack(store=store, replicas=0, http_port=base, redis_port=base + 4,
-                   run_dir=Path(tempfile.mkdtemp(prefix=f"bench-{store}-"))) as stack:
+        stack = on_free_ports(Stack(store=store, replicas=0, http_port=24000, redis_port=24004, grpc_port=24006,
+                                    run_dir=Path(tempfile.mkdtemp(prefix=f"bench-{store}-"))))
+        with stack:
             for n in writer_counts:
                 result = run_writers(stack.endpoint, WritersConfig(writers=n, operations=operations, policy=policy,
                                                                    seed=1, timeout=30))

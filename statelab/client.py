@@ -39,6 +39,7 @@ from statelab.errors import (
     TransactionFailed,
     Unauthorized,
 )
+from statelab.options import EVENTUAL, FIRST_WRITE, LAST_WRITE, STRONG  # noqa: F401 - notebooks import them from here
 
 
 def default_endpoint() -> str:

@@ -740,17 +740,16 @@ def start_stack_on_free_ports(store: str, *, first_port: int = MATRIX_FIRST_PORT
     A block is ``step`` ports: the sidecar on the first, Redis (when needed) in the middle. A block taken
     between the check and the start is skipped.
     """
-    from statelab.local import Stack, port_is_free
+    from statelab.local import Stack, on_free_ports
 
-    for base in range(first_port, first_port + step * tries, step):
-        stack = Stack(store=store, replicas=0, sidecars=1, http_port=base, redis_port=base + step // 2)  # type: ignore[arg-type]
-        if not all(port_is_free(p) for p in stack.ports):
-            continue
+    for _ in range(tries):
+        stack = on_free_ports(Stack(store=store, replicas=0, sidecars=1, http_port=first_port,  # type: ignore[arg-type]
+                                    grpc_port=first_port + 1, redis_port=first_port + step // 2), step=step)
         try:
             return stack.start()
-        except StackError as exc:
-            log.info("ports from %d taken while starting %s (%s); trying the next block", base, store, exc)
-    raise StackError(f"no free ports for a {store} stack between {first_port} and {first_port + step * tries}")
+        except StackError as exc:  # a port taken between the check and the start: look again
+            log.info("ports from %d taken while starting %s (%s); trying again", stack.http_port, store, exc)
+    raise StackError(f"no free ports for a {store} stack from {first_port}")
 
 
 def sidecar_columns(lab: Session) -> list[Column]:

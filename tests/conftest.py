@@ -8,7 +8,6 @@ session; tests keep apart by using fresh keys (``api.key()``).
 from __future__ import annotations
 
 import os
-import random
 import time
 import uuid
 from collections import Counter
@@ -99,20 +98,15 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 def free_port_base(count: int) -> int:
     """First of ``count`` consecutive free ports, at random below Linux's ephemeral range."""
-    for _ in range(200):
-        base = random.randrange(20000, 32000 - count)
-        if all(local.port_is_free(port) for port in range(base, base + count)):
-            return base
-    raise RuntimeError(f"no {count} consecutive free ports found")
+    return local.free_port_block(count)
 
 
 def make_stack(run_dir: Path | None, **kwargs: object) -> Stack:
     """A Stack on fresh random ports in run_dir (not started): up to 4 sidecars (HTTP, gRPC and, for daprd,
-    internal gRPC) and 4 Redis servers."""
-    base = free_port_base(16)  # one block, so sidecar and Redis ports cannot overlap
-    defaults: dict[str, object] = {"http_port": base, "grpc_port": base + 8, "redis_port": base + 4,
-                                   "internal_grpc_port": base + 12, "run_dir": run_dir}
-    return Stack(**{**defaults, **kwargs})  # type: ignore[arg-type]
+    internal gRPC) and 4 Redis servers, in one block of 16 ports so none can overlap."""
+    layout: dict[str, object] = {"http_port": 20000, "grpc_port": 20008, "redis_port": 20004,
+                                 "internal_grpc_port": 20012, "run_dir": run_dir}
+    return local.on_free_ports(Stack(**{**layout, **kwargs}), step=16, randomly=True)  # type: ignore[arg-type]
 
 
 def process_gone(pid: int) -> bool:

@@ -359,7 +359,7 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int
     folder = tmp_path_factory.mktemp("no-components")
     http_port = free_port_base(2)
     grpc_port = http_port + 1
-    env = {**os.environ, "DAPR_API_TOKEN": "s3cret", "PYTHONPATH": str(Path(local.__file__).resolve().parents[1])}
+    env = {**os.environ, "DAPR_API_TOKEN": "s3cret", "PYTHONPATH": str(local.paths.REPO)}
     cmd = [sys.executable, "-m", "statelab", "sidecar", "--app-id", APP_ID, "--dapr-http-port", str(http_port),
            "--dapr-grpc-port", str(grpc_port), "--resources-path", str(folder)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -405,7 +405,7 @@ def test_without_dapr_grpc_port_the_sidecar_serves_no_grpc(tmp_path: Path):
     http_port = free_port_base(1)
     cmd = [sys.executable, "-m", "statelab", "sidecar", "--app-id", APP_ID, "--dapr-http-port", str(http_port),
            "--resources-path", str(tmp_path)]
-    env = {**os.environ, "PYTHONPATH": str(Path(local.__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(local.paths.REPO)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert wait_until(lambda: local.healthz(http_port), timeout=20)

@@ -40,7 +40,7 @@ CELL_TIMEOUT = 60.0
 SETUP = """
 import json, os, platform, threading
 from statelab import open_session
-from statelab.lifeline import lifeline
+from statelab.local.lifeline import lifeline
 from statelab.writers import WritersConfig, run_writers
 
 lab = open_session(store="redis", replicas=1, run_dir={run_dir!r})

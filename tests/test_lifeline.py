@@ -11,11 +11,12 @@ from pathlib import Path
 
 from conftest import process_gone, wait_until
 
-from statelab import lifeline
+from statelab.local import lifeline
+from statelab.local import paths as local_paths
 
 OWNER = textwrap.dedent("""
     import subprocess, sys, threading
-    from statelab.lifeline import lifeline
+    from statelab.local.lifeline import lifeline
     children = []
     def start():
         # sleep ignores nothing; the second child ignores SIGTERM, so only SIGKILL ends it
@@ -37,7 +38,7 @@ OWNER = textwrap.dedent("""
 
 
 def _owner() -> tuple[subprocess.Popen[str], list[int]]:
-    env = {**os.environ, "PYTHONPATH": str(Path(lifeline.__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(local_paths.REPO)}
     owner = subprocess.Popen([sys.executable, "-c", OWNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              text=True, env=env)
     assert owner.stdout is not None

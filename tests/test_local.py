@@ -167,7 +167,7 @@ def test_old_default_run_dirs_are_pruned_but_live_ones_kept(tmp_path: Path, monk
         (old / "processes.json").write_text('[{"name": "redis-0", "pid": 1, "port": 1, "start_time": -1}]')
         os.utime(old, (week_ago + n, week_ago + n))
     live = runs / "old-00"  # the oldest, but its process (this test) still runs
-    me = {"name": "sidecar-0", "pid": os.getpid(), "port": 1, "start_time": local._proc_start_time(os.getpid())}
+    me = {"name": "sidecar-0", "pid": os.getpid(), "port": 1, "start_time": local.proc_start_time(os.getpid())}
     (live / "processes.json").write_text(json.dumps([me]))
     os.utime(live, (week_ago, week_ago))
     with make_stack(tmp_path, sidecars=0, replicas=0, run_dir=None) as stack:
@@ -305,7 +305,7 @@ OWNER = textwrap.dedent("""
 def test_children_die_when_the_owning_process_is_sigkilled(tmp_path: Path) -> None:
     http_port = free_port_base(3)
     redis_port = http_port + 1
-    env = {**os.environ, "PYTHONPATH": str(Path(local.__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(local.paths.REPO)}
     owner = subprocess.Popen(
         [sys.executable, "-c", OWNER, str(http_port), str(redis_port), str(tmp_path / "run")],
         stdout=subprocess.PIPE,

@@ -111,7 +111,8 @@ if hasattr(os, "register_at_fork"):
 # --- the watchdog process -------------------------------------------------------------------------------
 
 
-def _alive(pid: int, started: str) -> bool:
+def alive(pid: int, started: str) -> bool:
+    """True if ``pid`` is the process that started at ``started`` ("-": any process with that pid)."""
     if started != "-":
         return start_time(pid) == started
     try:
@@ -125,7 +126,7 @@ def _alive(pid: int, started: str) -> bool:
 
 def _stop(watched: dict[int, str]) -> None:
     deadline = time.monotonic() + GRACE_SECONDS
-    live = [pid for pid, started in watched.items() if _alive(pid, started)]
+    live = [pid for pid, started in watched.items() if alive(pid, started)]
     next_term = 0.0
     while live and time.monotonic() < deadline:
         if time.monotonic() >= next_term:
@@ -133,7 +134,7 @@ def _stop(watched: dict[int, str]) -> None:
                 _signal(pid, signal.SIGTERM)
             next_term = time.monotonic() + 0.5
         time.sleep(0.05)
-        live = [pid for pid in live if _alive(pid, watched[pid])]
+        live = [pid for pid in live if alive(pid, watched[pid])]
     for pid in live:
         _signal(pid, signal.SIGKILL)
 
