@@ -159,7 +159,7 @@ def attach() -> Stack | None:
         found = procs.get(child.name)
         if found is None:
             return None
-        child.proc = _Adopted(found["pid"], found.get("start_time"))  # type: ignore[assignment]
+        child.proc = _Adopted(found["pid"], found.get("start_time"))
     return stack
 
 

@@ -65,8 +65,10 @@ class Lifeline:
             if self._fd is None or self._owner != os.getpid():
                 self._open()
                 line = "".join(f"+{pid} {start}\n" for pid, start in self._watched.items())
+            fd = self._fd
+            assert fd is not None  # _open() set it
             try:
-                os.write(self._fd, line.encode())  # type: ignore[arg-type]  # _open() set it
+                os.write(fd, line.encode())
                 return
             except OSError:  # the watchdog died (killed by hand): start another and tell it everything
                 self._close()

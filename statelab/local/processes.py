@@ -9,7 +9,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Literal, Protocol
 
 from statelab.errors import StackError
 from statelab.local.lifeline import lifeline
@@ -17,6 +17,19 @@ from statelab.local.lifeline import lifeline
 logger = logging.getLogger(__name__)
 
 STOP_GRACE_SECONDS = 5.0
+
+
+class Process(Protocol):
+    """What the stack needs of a process: a ``subprocess.Popen``, or one adopted by its pid (``detached``)."""
+
+    pid: int
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
 LOG_TAIL_LINES = 20
 
 
@@ -32,7 +45,7 @@ class Child:
     port: int = 0
     grpc_port: int = 0  # sidecars only
     internal_port: int = 0  # daprd only: its internal gRPC port
-    proc: subprocess.Popen[bytes] | None = None
+    proc: Process | None = None
     _log_file: IO[bytes] | None = None
     _log_start: int = 0  # where this run's lines begin in the (appended) log
 

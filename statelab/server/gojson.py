@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -120,7 +121,7 @@ def jsoniter_float(value: float) -> str:
     return f"{sign}{whole}.{frac:06d}".rstrip("0")
 
 
-def _encode(value: Any, out: list[str], *, sort: bool, float_text) -> None:
+def _encode(value: Any, out: list[str], *, sort: bool, float_text: Callable[[float], str]) -> None:
     if isinstance(value, dict):
         out.append("{")
         items = sorted(value.items()) if sort else value.items()

@@ -378,13 +378,13 @@ class StateAPI:
                 )
         limit = store.store.max_transaction_ops
         if limit and len(ops) > limit:
-            exc = TooManyOperations(
+            too_many = TooManyOperations(
                 f"the transaction contains {len(ops)} operations, which is more than what the state store supports: {limit}"
             )
             return error(
                 400,
                 "ERR_STATE_STORE_TOO_MANY_TRANSACTIONS",
-                str(exc),
+                str(too_many),
                 [
                     _resource_info(store_name),
                     _error_info(

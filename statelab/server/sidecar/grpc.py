@@ -18,7 +18,7 @@ import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 from dapr.proto import api_service_v1, api_v1, common_v1
@@ -147,7 +147,7 @@ def _rpc(method: _Handler) -> _Handler:
             failure = RpcFailure(Code.INTERNAL, "internal error in the statelab sidecar; see its log")
         await context.abort(failure.code, failure.message, trailing_metadata=failure.trailers())
 
-    return handler  # type: ignore[return-value]
+    return cast(_Handler, handler)  # same signature as ``method``: wraps(method) keeps its name and arguments
 
 
 class DaprServicer(api_service_v1.DaprServicer):

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 import httptools
 
@@ -183,7 +183,7 @@ class HttpProtocol(asyncio.Protocol):
     # --- asyncio.Protocol ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)  # a stream connection: create_connection/create_server
         self.loop = asyncio.get_running_loop()
         self.last_activity = self.loop.time()
         self.timer = self.loop.call_later(self.idle_timeout, self._check_idle)

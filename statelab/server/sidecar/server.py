@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 from dataclasses import dataclass, field
+from typing import Any
 
 from statelab.errors import ComponentError
 from statelab.server.components import key_prefix, load_components
@@ -116,6 +117,7 @@ async def run(config: SidecarConfig) -> None:
 
 
 def main(config: SidecarConfig) -> int:
+    uvloop: Any
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; plain asyncio still works

@@ -68,7 +68,8 @@ class MemoryStore(StateStore):
     async def get(self, key: str, *, consistency: str = "", metadata: dict[str, str] | None = None) -> Item | None:
         return self._live(key)
 
-    async def bulk_get(self, keys: Sequence[str], *, parallelism: int = 0, metadata=None) -> list[BulkItem]:
+    async def bulk_get(self, keys: Sequence[str], *, parallelism: int = 0,
+                       metadata: Mapping[str, str] | None = None) -> list[BulkItem]:
         return [BulkItem(k, self._live(k)) for k in keys]
 
     # --- writes: validate (may raise, nothing written), then apply ---------------------------------
@@ -119,11 +120,14 @@ class MemoryStore(StateStore):
         # As Dapr: every op is checked against the state before the transaction, then all are applied,
         # so a failing op leaves everything untouched.
         # (Dapr never validates the options of deletes inside a transaction; neither do we.)
-        ttls = [
-            self._check_set(op) if isinstance(op, SetRequest) else self._check_delete(op, validate_options=False)
-            for op in ops
-        ]
-        for op, ttl in zip(ops, ttls, strict=False):
+        ttls: list[int | None] = []
+        for op in ops:
+            if isinstance(op, SetRequest):
+                ttls.append(self._check_set(op))
+            else:
+                self._check_delete(op, validate_options=False)
+                ttls.append(None)
+        for op, ttl in zip(ops, ttls, strict=True):
             if isinstance(op, SetRequest):
                 self._apply_set(op, ttl)
             else:

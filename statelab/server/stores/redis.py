@@ -146,7 +146,8 @@ class RedisStore(StateStore):
             raise StoreError(_describe(exc)) from None
         return _hash_item(fields)
 
-    async def bulk_get(self, keys: Sequence[str], *, parallelism: int = 0, metadata=None) -> list[BulkItem]:
+    async def bulk_get(self, keys: Sequence[str], *, parallelism: int = 0,
+                       metadata: Mapping[str, str] | None = None) -> list[BulkItem]:
         out: list[BulkItem] = []
         try:
             results = await self.client.pipeline([("HGETALL", key) for key in keys])

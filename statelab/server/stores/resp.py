@@ -28,7 +28,7 @@ import hashlib
 import logging
 from collections import deque
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import hiredis
 
@@ -71,7 +71,7 @@ class _Connection(asyncio.Protocol):
         self.unsent: list[bytes] | None = None  # commands held back until the loop comes round
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)  # a stream connection: create_connection/create_server
         self.loop = asyncio.get_running_loop()
 
     def data_received(self, data: bytes) -> None:
@@ -271,9 +271,10 @@ class RespClient:
         """Replies of ``commands`` sent on a connection nobody else uses meanwhile (for ``WAIT``)."""
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.pool_size)
+        slots = self._slots
 
         async def attempt() -> list[Any]:
-            async with self._slots:  # type: ignore[union-attr]
+            async with slots:
                 while self._idle and not self._idle[-1].usable:
                     self._idle.pop()
                 conn = self._idle.pop() if self._idle else await self._open()

@@ -198,7 +198,8 @@ class SQLiteStore(StateStore):
         row = await self._run(lambda c: c.execute(sql, (key,)).fetchone())
         return None if row is None else self._item(*row)
 
-    async def bulk_get(self, keys: Sequence[str], *, parallelism: int = 0, metadata=None) -> list[BulkItem]:
+    async def bulk_get(self, keys: Sequence[str], *, parallelism: int = 0,
+                       metadata: Mapping[str, str] | None = None) -> list[BulkItem]:
         if not keys:
             return []
 
@@ -346,10 +347,11 @@ class GroupWriter:
                     nxt = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if nxt is _STOP or nxt.alone:  # type: ignore[union-attr]
+                if nxt is _STOP or (isinstance(nxt, _Write) and nxt.alone):
                     held = nxt
                     break
-                group.append(nxt)  # type: ignore[arg-type]
+                assert isinstance(nxt, _Write)
+                group.append(nxt)
             if conn is None:
                 try:
                     conn = self._connect()
