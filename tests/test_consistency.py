@@ -1,7 +1,7 @@
 """``consistency=strong`` on Redis with a replica: the save returns only after ``WAIT``.
 
 The Redis store reads the replica count at start-up and, on a strong save, sends ``WAIT <n> 1000``
-and ignores the answer (dapr-state-api.md §6). So a strong save is on the replica when it returns,
+and ignores the answer (docs/dapr-behaviour.md §12). So a strong save is on the replica when it returns,
 and with the replica down it still succeeds, after about the one-second WAIT timeout.
 """
 

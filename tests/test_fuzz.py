@@ -14,7 +14,7 @@ Invariants, checked on every answer:
 * every 4xx/5xx carries a Dapr JSON error body (``errorCode`` ``ERR_…`` and ``message``), except 401,
   which is Go's ``text/plain`` ``invalid api token`` as in daprd;
 * no answer ever contains traceback text, and the sidecar logs none;
-* the only 5xx answers are the documented ones (``shared/dapr-state-api.md`` §2.1, §3.6, §3.7): a bad
+* the only 5xx answers are the documented ones (``docs/dapr-behaviour.md`` §2.1, §8, §9.1): a bad
   concurrency/consistency option or ``ttlInSeconds``, Redis first-write, transaction failures, query
   unsupported, health app-id mismatch;
 * a request that fails leaves the key it named as it was (on Redis, transactions excepted: MULTI/EXEC
@@ -74,7 +74,7 @@ def fuzz_settings(examples: int) -> settings:
 
 # --- what an answer may be ------------------------------------------------------------------------------
 
-# 5xx answers daprd gives on purpose, by errorCode, with what their message must say (§2.1, §3.6, §3.7).
+# 5xx answers daprd gives on purpose, by errorCode, with what their message must say (§2.1, §8, §9.1).
 DOCUMENTED_5XX = {
     "ERR_STATE_SAVE": r"unrecognized (concurrency|consistency) model|ttl|TTL|strconv\.|failed to set key",
     "ERR_STATE_DELETE": r"unrecognized (concurrency|consistency) model",
@@ -549,7 +549,7 @@ def test_fuzzed_saves_answer_like_daprd_and_failed_ones_change_nothing(fuzz: Fuz
         )
         after = fuzz.snapshot(named)  # whatever was written reads back (200 or 204, never an error)
         if answer.status >= 400 and len(named) == 1:
-            # One item: a failure writes nothing (several items are independent writes, §3.1).
+            # One item: a failure writes nothing (several items are independent writes, §3).
             assert after == before, f"a failed save ({answer.status}) changed {named}: {answer.body!r}"
 
     run()
@@ -663,7 +663,7 @@ def test_fuzzed_transactions_answer_like_daprd_and_failed_ones_change_nothing(fu
             chunked,
         )
         if answer.status >= 400 and fuzz.api.store != "redis":
-            # in-memory and sqlite transactions are atomic (§6); Redis MULTI/EXEC has no rollback.
+            # in-memory and sqlite transactions are atomic (§12); Redis MULTI/EXEC has no rollback.
             assert fuzz.snapshot(named) == before, f"a failed transaction ({answer.status}) changed {named}"
 
     run()

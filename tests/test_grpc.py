@@ -1,4 +1,4 @@
-"""The gRPC state API as the official Python SDK uses it, on every store (dapr-state-api.md §4, §7, §8).
+"""The gRPC state API as the official Python SDK uses it, on every store (docs/dapr-behaviour.md §10, §13).
 
 The first test is the python-sdk ``examples/state_store`` sequence, written here in our own code; the rest
 pin the status-code table, the API token, and what a value saved over one protocol reads as over the other.
@@ -162,7 +162,7 @@ def test_first_write_state_options_guard_creation_and_updates(api: Target, dapr:
 
     assert refused(dapr.save_state, STORE_NAME, key, "closed", etag=etag, options=FIRST_WRITE).code() == Code.ABORTED
     # Without an ETag, first-write on an existing key: a conflict on SQLite and in-memory; Redis refuses the
-    # key it marked as first-write with a plain store error (its 500 over HTTP), so INTERNAL here (§6).
+    # key it marked as first-write with a plain store error (its 500 over HTTP), so INTERNAL here (§12).
     expected = Code.INTERNAL if api.store == "redis" else Code.ABORTED
     assert refused(dapr.save_state, STORE_NAME, key, "reopened", options=FIRST_WRITE).code() == expected
     assert dapr.get_state(STORE_NAME, key).data == b"assigned"
@@ -183,7 +183,7 @@ def test_delete_bulk_state_deletes_every_key_and_refuses_a_stale_etag(api: Targe
     assert dapr.get_state(STORE_NAME, keys[2]).data == keys[2].encode()
 
 
-# --- the status-code table (§7) ---------------------------------------------------------------------------
+# --- the status-code table (§13) --------------------------------------------------------------------------
 
 
 def test_unknown_store_is_invalid_argument(dapr: DaprClient):
@@ -278,7 +278,7 @@ def test_calls_outside_the_state_api_are_refused(api: Target, dapr: DaprClient):
         assert error.code() == Code.UNIMPLEMENTED and "state API only" in error.details()
 
 
-# --- one store, two protocols (§4) --------------------------------------------------------------------------
+# --- one store, two protocols (§10) -------------------------------------------------------------------------
 
 
 def test_a_json_string_saved_over_http_reads_over_grpc_with_its_quotes(api: Target, dapr: DaprClient):
@@ -296,7 +296,7 @@ def test_raw_bytes_saved_over_grpc_read_over_http_as_they_are(api: Target, dapr:
     assert resp.status_code == 200
     assert resp.content == b"\x00raw bytes\xff"
     assert resp.headers["Content-Type"] == "application/json"
-    # Bulk get embeds data as raw JSON; Go refuses to encode these bytes and daprd sends an empty 200 (§3.3).
+    # Bulk get embeds data as raw JSON; Go refuses to encode these bytes and daprd sends an empty 200 (§5).
     bulk = api.http.post(api.state_url() + "/bulk", json={"keys": [key]})
     assert (bulk.status_code, bulk.content) == (200, b"")
 

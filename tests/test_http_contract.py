@@ -1,9 +1,9 @@
-"""The sidecar's HTTP state API, checked against the contract (shared/dapr-state-api.md §1–§6) on every store.
+"""The sidecar's HTTP state API, checked against the contract (docs/dapr-behaviour.md §1–§12) on every store.
 
 Each test that takes ``api`` runs six times: in-memory, sqlite and redis (one replica), each behind statelab's
 sidecar and behind a real daprd (``RUNTIMES``), with the same assertions: daprd is the judge. A bad request is
 checked twice: the error itself (status, ``errorCode``, the JSON body shape) and the store afterwards, by
-reading back a canary value written before the request. Per-store expectations follow the §6 matrix and
+reading back a canary value written before the request. Per-store expectations follow the §12 matrix and
 are written as dicts keyed by ``api.store``.
 
 Tests that only make sense on one store (the Redis hash layout, the SQLite table) narrow ``api`` with
@@ -29,14 +29,14 @@ from conftest import APP_ID, BOTH_RUNTIMES, STORE_NAME, Target, make_stack, targ
 from statelab.local import Stack
 
 JSON = "application/json"
-MAX_BODY = 4 * 1024 * 1024  # daprd's default --max-body-size (§1.1)
+MAX_BODY = 4 * 1024 * 1024  # daprd's default --max-body-size (§1.3)
 MISMATCH = "possible etag mismatch. error from state store"
 SAVE_PREFIX = f"failed saving state in state store {STORE_NAME}: "
 UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 RFC3339_SECONDS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 DIRECT_INVOKE_MESSAGE = "failed getting app id either from the URL path or the header dapr-app-id"
 
-# §3.8 (master: KEYS_LIKE since v1.17); "ACTOR" is appended because each has ETAG and TRANSACTIONAL.
+# §9.2 (KEYS_LIKE since v1.17); "ACTOR" is appended because each has ETAG and TRANSACTIONAL.
 CAPABILITIES = {
     "in-memory": ["ETAG", "TRANSACTIONAL", "TTL", "DELETE_WITH_PREFIX", "KEYS_LIKE", "ACTOR"],
     "sqlite": ["ETAG", "TRANSACTIONAL", "TTL", "KEYS_LIKE", "ACTOR"],
@@ -118,7 +118,7 @@ def assert_illegal_key(resp: requests.Response, key: str, *, transaction: bool =
 
 
 def assert_mismatch(resp: requests.Response, api: Target, key: str, *, op: str, in_memory_detail: str) -> None:
-    """409 for an ETag mismatch on save or delete, with each store's own inner text (§2.1 notes)."""
+    """409 for an ETag mismatch on save or delete, with each store's own inner text (§2.1)."""
     code, prefix = {
         "save": ("ERR_STATE_SAVE", SAVE_PREFIX),
         "delete": ("ERR_STATE_DELETE", f"failed deleting state with key {key}: "),
@@ -222,7 +222,7 @@ def canary(api: Target) -> Canary:
     return Canary(api, key, *found)
 
 
-# --- save (§3.1) -----------------------------------------------------------------------------------------
+# --- save (§3) -------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT"])
@@ -500,7 +500,7 @@ def test_transaction_op_with_a_double_pipe_key_is_400_with_an_empty_field(
     canary.assert_unchanged()
 
 
-# --- get (§3.2) ------------------------------------------------------------------------------------------
+# --- get (§4) --------------------------------------------------------------------------------------------
 
 
 def test_get_is_200_with_the_value_an_etag_and_json_content_type(api: Target) -> None:
@@ -604,7 +604,7 @@ def test_get_of_the_key_named_bulk_is_a_plain_get(api: Target) -> None:
     assert api.http.get(api.state_url("bulk")).status_code == 204
 
 
-# --- bulk get (§3.3) -------------------------------------------------------------------------------------
+# --- bulk get (§5) ---------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT"])
@@ -680,7 +680,7 @@ def test_bulk_get_returns_keys_without_the_app_prefix_and_with_slashes(api: Targ
     assert item["key"] == key
 
 
-# --- delete (§3.4) ---------------------------------------------------------------------------------------
+# --- delete (§6) -----------------------------------------------------------------------------------------
 
 
 def test_delete_is_204_and_removes_the_value(api: Target) -> None:
@@ -765,7 +765,7 @@ def test_delete_with_an_unknown_concurrency_or_consistency_is_500(api: Target, c
     canary.assert_unchanged()
 
 
-# --- ETag semantics per store (§6 matrix) ----------------------------------------------------------------
+# --- ETag semantics per store (§12 matrix) ---------------------------------------------------------------
 
 
 def test_etags_are_versions_on_redis_and_fresh_uuids_elsewhere(api: Target) -> None:
@@ -911,7 +911,7 @@ def test_a_plain_save_over_a_first_write_key_fails_only_on_redis(api: Target) ->
     etag = write(api, key, "v1", options={"concurrency": "first-write"})
     resp = api.save({"key": key, "value": "v2"})
     if api.store == "redis":
-        # The sticky first-write marker makes every later write without the right etag fail (§6).
+        # The sticky first-write marker makes every later write without the right etag fail (§12).
         message = assert_error(resp, 500, "ERR_STATE_SAVE")["message"]
         assert message.startswith(f"{SAVE_PREFIX}failed to set key {APP_ID}||{key}: ")
         assert read(api, key) == (b'"v1"', etag)
@@ -920,7 +920,7 @@ def test_a_plain_save_over_a_first_write_key_fails_only_on_redis(api: Target) ->
         assert value_of(api, key) == "v2"
 
 
-# --- TTL (§3.1, §3.2, §6) ----------------------------------------------------------------------------------
+# --- TTL (§3, §4, §12) -------------------------------------------------------------------------------------
 
 
 def test_items_saved_with_a_short_ttl_disappear(api: Target) -> None:
@@ -1020,7 +1020,7 @@ def test_a_ttl_of_minus_one_removes_an_existing_ttl(api: Target) -> None:
         assert api.redis().ttl(f"{APP_ID}||{key}") == -1
 
 
-# --- transaction (§3.5) ----------------------------------------------------------------------------------
+# --- transaction (§7) ------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT"])
@@ -1247,7 +1247,7 @@ def test_transaction_op_with_badly_typed_fields_is_400(api: Target, canary: Cana
     canary.assert_unchanged()
 
 
-# --- key prefixing and storage layout (§5, §6) ------------------------------------------------------------
+# --- key prefixing and storage layout (§11, §12) ----------------------------------------------------------
 
 
 @only_redis
@@ -1314,7 +1314,7 @@ def test_redis_data_that_is_not_json_is_served_raw_by_get_and_breaks_bulk_get(ap
     assert resp.content == b"not json"
     assert resp.headers["Content-Type"] == JSON
     assert resp.headers["ETag"] == "1"
-    # daprd embeds data as json.RawMessage; the encoder fails and the handler ignores it (§3.3 edge).
+    # daprd embeds data as json.RawMessage; the encoder fails and the handler ignores it (§5).
     resp = api.http.post(api.state_url("bulk"), json={"keys": [key]})
     assert resp.status_code == 200
     assert resp.content == b""
@@ -1344,7 +1344,7 @@ def test_sqlite_clears_the_expiration_time_on_a_resave_without_ttl(api: Target) 
     assert row is not None and row["expiration_time"] is None
 
 
-# --- health and metadata (§3.7, §3.8) ---------------------------------------------------------------------
+# --- health and metadata (§9) ----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("path", ["/v1.0/healthz", "/v1.0/healthz/outbound", "/v1.0/healthz?appid=myapp"])

@@ -205,7 +205,8 @@ def token_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield stack
 
 
-# Every route the sidecar serves, plus daprd's fallback for anything else (§1.1); the health GETs are exempt.
+# Every route the sidecar serves, plus daprd's fallback for anything else (docs/dapr-behaviour.md §1.1); the health
+# GETs are exempt (§1.2).
 ROUTES = [
     ("POST", f"/v1.0/state/{STORE_NAME}", b'[{"key":"tok","value":1}]'),
     ("PUT", f"/v1.0/state/{STORE_NAME}", b'[{"key":"tok","value":1}]'),

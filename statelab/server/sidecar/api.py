@@ -1,6 +1,6 @@
 """The Dapr v1.0 state API over HTTP: routes, status codes and error bodies as daprd answers them.
 
-The behavioural contract is ``shared/dapr-state-api.md``; section numbers below refer to it.
+The Dapr behaviour it follows is described in ``docs/dapr-behaviour.md``; section numbers below refer to it.
 """
 
 from __future__ import annotations
@@ -205,7 +205,7 @@ class StateAPI:
             message = f"failed deserializing HTTP body: {exc}" if wrap else str(exc)
             raise _BadRequest(error(400, "ERR_MALFORMED_REQUEST", message)) from None
 
-    # --- health and metadata (§3.7, §3.8) ----------------------------------------------------------
+    # --- health and metadata (§9) -------------------------------------------------------------------
 
     def _healthz(self, req: Request) -> Response:
         params, _ = self._query_params(req)
@@ -222,7 +222,7 @@ class StateAPI:
              "capabilities": state.capabilities(s)}
             for s in self.stores.values()
         ]
-        # The shape of a bare daprd with no app and no placement service (§3.8).
+        # The shape of a bare daprd with no app and no placement service (§9.2).
         body = {
             "id": self.app_id,
             "runtimeVersion": RUNTIME_VERSION,
@@ -257,7 +257,7 @@ class StateAPI:
             [_resource_info(store_name), _error_info("DAPR_STATE_QUERY_FAILED", None)],
         )
 
-    # --- state (§3.1 - §3.5) -----------------------------------------------------------------------
+    # --- state (§3 - §7) ---------------------------------------------------------------------------
 
     async def _get(self, store_name: str, key: str, req: Request) -> Response:
         store = self._store(store_name)
@@ -288,7 +288,7 @@ class StateAPI:
             if item.key == "":
                 return error(400, "ERR_MALFORMED_REQUEST", '"key" is a required field')
             requests.append(self._set_request(store, item, url_metadata))
-        # One item is a plain set; several are independent, concurrent writes whose successes stay (§3.1).
+        # One item is a plain set; several are independent, concurrent writes whose successes stay (§3).
         failure = await state.save(store, requests)
         if failure is None:
             return _NO_CONTENT
@@ -395,7 +395,7 @@ class StateAPI:
             )
         try:
             await store.store.transact(ops, {**tx.metadata, **url_metadata})
-        except Exception as exc:  # noqa: BLE001 - daprd answers 500 for every transaction failure (§3.5)
+        except Exception as exc:  # noqa: BLE001 - daprd answers 500 for every transaction failure (§7)
             return error(500, "ERR_STATE_TRANSACTION", f"error while executing state transaction: {failure_text(exc)}")
         return _NO_CONTENT
 
@@ -409,7 +409,7 @@ def _bulk_body(results: Sequence, prefix_len: int) -> bytes:
             data = r.item.data
             if data:
                 if not _is_json(data):
-                    # Go refuses to encode invalid raw JSON; daprd then sends an empty 200 (§14).
+                    # Go refuses to encode invalid raw JSON; daprd then sends an empty 200 (§5).
                     return b""
                 entry += [b',"data":', data]
             if r.item.etag:

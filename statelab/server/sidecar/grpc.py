@@ -2,9 +2,10 @@
 
 Served with ``grpc.aio`` on the sidecar's own event loop over the very ``StateAPI`` the HTTP routes use
 (same stores, app id, API token and extended metadata), so a value saved over one protocol reads back
-over the other exactly as with daprd (§4). The service stubs are the ones generated in the ``dapr``
-wheel. Status codes, messages and error details follow daprd's ``pkg/api/grpc`` (§7); the details are
-the ``google.rpc`` messages the SDKs decode (``DaprGrpcError.error_code()`` is the ErrorInfo reason).
+over the other exactly as with daprd (``docs/dapr-behaviour.md`` §10; section numbers below refer to it).
+The service stubs are the ones generated in the ``dapr`` wheel. Status codes, messages and error details
+follow daprd's ``pkg/api/grpc`` (§13); the details are the ``google.rpc`` messages the SDKs decode
+(``DaprGrpcError.error_code()`` is the ErrorInfo reason).
 
 Methods outside the state subset (pub/sub, actors, …) answer UNIMPLEMENTED (daprd would say that no
 such component is configured).
@@ -39,7 +40,7 @@ DOMAIN = "dapr.io"
 TOKEN_HEADER = "dapr-api-token"
 JSON_CONTENT_TYPE = "application/json"
 
-# How each kind of store failure is answered by save and delete (§7; daprd's getStateErrorCode).
+# How each kind of store failure is answered by save and delete (§13; daprd's getStateErrorCode).
 _FAILURE_CODE = {state.MISMATCH: Code.ABORTED, state.INVALID: Code.INVALID_ARGUMENT, state.OTHER: Code.INTERNAL}
 
 _CONSISTENCY = {
@@ -266,7 +267,7 @@ class DaprServicer(api_service_v1.DaprServicer):
                 ops.append(
                     SetRequest(
                         key=key,
-                        value=bytes(item.value),  # transaction upserts are always raw bytes (§4)
+                        value=bytes(item.value),  # transaction upserts are always raw bytes (§10)
                         etag=item.etag.value if item.HasField("etag") else None,
                         metadata=dict(item.metadata),
                         concurrency=concurrency,
@@ -298,7 +299,7 @@ class DaprServicer(api_service_v1.DaprServicer):
             return empty_pb2.Empty()
         try:
             await store.store.transact(ops, dict(request.metadata))
-        except Exception as exc:  # noqa: BLE001 - every transaction failure is INTERNAL, ETag ones too (§7)
+        except Exception as exc:  # noqa: BLE001 - every transaction failure is INTERNAL, ETag ones too (§13)
             state.log_unexpected(exc)
             raise basic(
                 Code.INTERNAL, "ERR_STATE_TRANSACTION", f"error while executing state transaction: {failure_text(exc)}"
@@ -383,7 +384,7 @@ def _delete_request(store: Store, item: Any) -> DeleteRequest:
 
 
 def _value(raw: bytes, metadata: dict[str, str]) -> Any:
-    """What SaveState hands the store (§4): the bytes as they came, unless the item says it is JSON."""
+    """What SaveState hands the store (§10): the bytes as they came, unless the item says it is JSON."""
     if metadata.get("contentType") != JSON_CONTENT_TYPE:
         return bytes(raw)
     # daprd runs json.Unmarshal and returns its error as is (status UNKNOWN).

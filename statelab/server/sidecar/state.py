@@ -2,7 +2,7 @@
 
 Both protocols look stores up, prefix and check keys, and classify a store's failure (ETag mismatch,
 invalid ETag, anything else) the same way; only how they report it differs (a status code and JSON body
-over HTTP, a gRPC status over gRPC). Section numbers refer to ``shared/dapr-state-api.md``.
+over HTTP, a gRPC status over gRPC). Section numbers refer to ``docs/dapr-behaviour.md``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 ETAG_MISMATCH_TEXT = "possible etag mismatch. error from state store"
 ETAG_INVALID_TEXT = "invalid etag value"
 
-# How a store failure is reported (§2.1, §7): HTTP 409 / gRPC ABORTED, HTTP 400 / INVALID_ARGUMENT, else 500 / INTERNAL.
+# How a store failure is reported (§2.1, §13): HTTP 409 / gRPC ABORTED, HTTP 400 / INVALID_ARGUMENT, else 500 / INTERNAL.
 MISMATCH = "etag-mismatch"
 INVALID = "etag-invalid"
 OTHER = "other"
@@ -45,7 +45,7 @@ class StoreMissing(Exception):
 
 
 class IllegalKey(Exception):
-    """A key containing ``||`` (§5), for the store named ``store``; the message is daprd's."""
+    """A key containing ``||`` (§11), for the store named ``store``; the message is daprd's."""
 
     def __init__(self, key: str, store: str = "") -> None:
         super().__init__(f"input key/keyPrefix '{key}' can't contain '||'")
@@ -68,7 +68,7 @@ def prefixed(store: Store, key: str) -> str:
 
 
 def capabilities(store: Store) -> list[str]:
-    """The component's capabilities as daprd's metadata lists them (§3.8): its features, plus ACTOR."""
+    """The component's capabilities as daprd's metadata lists them (§9.2): its features, plus ACTOR."""
     caps = list(store.store.features)
     if "ETAG" in caps and "TRANSACTIONAL" in caps:
         caps.append("ACTOR")
