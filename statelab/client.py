@@ -42,6 +42,9 @@ from statelab.errors import (
 from statelab.options import EVENTUAL, FIRST_WRITE, LAST_WRITE, STRONG  # noqa: F401 - notebooks import them from here
 
 
+_METADATA_NAMES = {"ttlexpiretime": "ttlExpireTime"}  # response metadata, by its header name in lower case
+
+
 def default_endpoint() -> str:
     endpoint = os.environ.get("DAPR_HTTP_ENDPOINT")
     if endpoint:
@@ -272,7 +275,9 @@ class StateClient:
         )
         if resp.status_code == 204:
             return None
-        meta = {k[len("metadata."):]: v for k, v in resp.headers.items() if k.lower().startswith("metadata.")}
+        # daprd's headers come in Go's canonical spelling (Metadata.ttlexpiretime): give back Dapr's names.
+        meta = {_METADATA_NAMES.get(k[len("metadata."):].lower(), k[len("metadata."):]): v
+                for k, v in resp.headers.items() if k.lower().startswith("metadata.")}
         return State(key, _decode(resp.content), resp.headers.get("ETag"), meta, resp.content)
 
     def get_bulk(self, store: str, keys: list[str], *, parallelism: int | None = None,

@@ -4,6 +4,11 @@
 its ``parameters`` cell overridden (``interactive=False`` and the chosen store), a per-cell timeout, and
 ``STATELAB_OUTPUT_DIR`` pointing at the output folder so its ``Metrics`` land beside the executed copy.
 A run fails on any error output, including a traceback printed to stderr.
+
+``--runtime daprd`` runs the same notebooks on real daprd sidecars. The runtime is not a notebook
+parameter (a notebook must run unchanged on a ``dapr run`` sidecar, so it never asks which one it has):
+the kernel gets ``STATELAB_RUNTIME=daprd`` and ``STATELAB_DAPRD`` (found once per run), and the local stack
+that ``open_session`` starts has daprd sidecars on the same stores and ports.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,7 +88,22 @@ def _kernel_env(name: str, value: str) -> Iterator[None]:
             os.environ[name] = before
 
 
-def run_one(path: Path, output: Path, *, store: str, cell_timeout: int, extra: dict[str, Any]) -> Result:
+def kernel_environment(output: Path, runtime: str | None) -> dict[str, str]:
+    """What the kernel must inherit: the metrics folder and, for ``runtime``, whose sidecars to start."""
+    env = {"STATELAB_OUTPUT_DIR": str(output)}
+    if runtime is not None:
+        env["STATELAB_RUNTIME"] = runtime
+    if runtime == "daprd":
+        from statelab.local import find_daprd
+
+        env["STATELAB_DAPRD"] = find_daprd()  # found (or built) once here, not in every kernel
+    return env
+
+
+def run_one(path: Path, output: Path, *, store: str, cell_timeout: int, extra: dict[str, Any],
+            runtime: str | None = None) -> Result:
+    """Run one notebook; ``runtime`` ("statelab" or "daprd") chooses the sidecars of any stack it starts
+    (None: whatever ``$STATELAB_RUNTIME`` says, else statelab's)."""
     import nbformat
     import papermill
 
@@ -93,7 +113,9 @@ def run_one(path: Path, output: Path, *, store: str, cell_timeout: int, extra: d
     started = time.monotonic()
     error = ""
     try:
-        with _kernel_env("STATELAB_OUTPUT_DIR", str(output)):
+        with ExitStack() as kernel_env:
+            for name, value in kernel_environment(output, runtime).items():
+                kernel_env.enter_context(_kernel_env(name, value))
             papermill.execute_notebook(
                 str(path),
                 str(executed),
@@ -132,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="run-notebooks", description=__doc__)
     parser.add_argument("paths", nargs="*", help="notebooks or folders (default: notebooks/)")
     parser.add_argument("--store", default="redis", choices=["redis", "sqlite", "in-memory"])
+    parser.add_argument("--runtime", choices=["statelab", "daprd"],
+                        help="sidecars of the stacks the notebooks start: statelab's (default) or a real daprd "
+                             "(built by ./scripts/daprd on first use)")
     parser.add_argument("--output", default=str(DEFAULT_OUTPUT))
     parser.add_argument("--cell-timeout", type=int, default=180, help="seconds per cell")
     parser.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=JSON",
@@ -145,14 +170,25 @@ def main(argv: list[str] | None = None) -> int:
     if not notebooks:
         print("run-notebooks: no notebooks found", file=sys.stderr)
         return 2
+    if args.runtime == "daprd" and not os.environ.get("STATELAB_DAPRD"):
+        from statelab.errors import StackError
+        from statelab.local import find_daprd
+
+        try:  # once, before any kernel starts: a missing daprd is one message, not one failure per notebook
+            os.environ["STATELAB_DAPRD"] = find_daprd()
+        except StackError as exc:
+            print(f"run-notebooks: {exc}", file=sys.stderr)
+            return 2
     results = []
     for nb in notebooks:
-        result = run_one(nb, Path(args.output), store=args.store, cell_timeout=args.cell_timeout, extra=extra)
+        result = run_one(nb, Path(args.output), store=args.store, cell_timeout=args.cell_timeout, extra=extra,
+                         runtime=args.runtime)
         print(result.line(), flush=True)
         results.append(result)
     failed = [r for r in results if not r.ok]
     total = sum(r.seconds for r in results)
-    print(f"{len(results) - len(failed)} passed, {len(failed)} failed in {total:.1f}s (outputs in {args.output})")
+    on = f" on {args.runtime}" if args.runtime else ""
+    print(f"{len(results) - len(failed)} passed, {len(failed)} failed{on} in {total:.1f}s (outputs in {args.output})")
     return 1 if failed else 0
 
 

@@ -4,6 +4,10 @@
 ``DAPR_HTTP_PORT`` (a real ``dapr run`` sidecar, or the stack that ``./scripts/lab`` started), else it
 starts a local stack of its own on the first free ports from 3500 up, which stops when the kernel exits. Either way the lesson
 talks to the sidecar over the Dapr HTTP API only, so it runs the same against real Dapr.
+
+The local stack's sidecars are statelab's unless ``runtime="daprd"`` (or ``STATELAB_RUNTIME=daprd`` in the
+environment, which is how ``./scripts/run-notebooks --runtime daprd`` reaches every kernel without a notebook
+knowing): then they are real daprd processes on the same stores and ports.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STORE_NAME = "statestore"  # the component name `dapr init` uses, and every profile in components/
+RUNTIME_ENV = "STATELAB_RUNTIME"  # "statelab" (default) or "daprd": whose sidecars a local stack starts
+RUNTIMES = ("statelab", "daprd")  # statelab.local.RUNTIMES, named here so real-Dapr mode never imports it
 
 
 @dataclass
@@ -128,12 +134,17 @@ def open_session(
     sidecars: int = 1,
     app_id: str = "myapp",
     run_dir: str | os.PathLike | None = None,
+    runtime: str | None = None,
 ) -> Session:
     """Connect (``endpoint``, else the SDKs' environment) or start a local stack; wait until the sidecar is ready.
 
     ``dapr run -- jupyter lab`` sets ``DAPR_HTTP_PORT`` for the kernel, ``./scripts/lab`` sets
-    ``DAPR_HTTP_ENDPOINT``; either means "a sidecar is already there".
+    ``DAPR_HTTP_ENDPOINT``; either means "a sidecar is already there". ``runtime`` chooses the sidecars of a
+    stack started here: ``"statelab"`` or ``"daprd"``; None reads ``$STATELAB_RUNTIME`` (default statelab).
     """
+    runtime = runtime or os.environ.get(RUNTIME_ENV) or "statelab"
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime (or ${RUNTIME_ENV}) must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
     if not endpoint and (os.environ.get("DAPR_HTTP_ENDPOINT") or os.environ.get("DAPR_HTTP_PORT")):
         endpoint = default_endpoint()
         recorded = _recorded_stack(endpoint)
@@ -145,7 +156,7 @@ def open_session(
         session = Session(endpoint.rstrip("/"), grpc_endpoint=_grpc_endpoint_from_env())
         session.client.wait_until_ready(timeout=30)
         return session
-    stack = _start_local_stack(store, replicas, sidecars, app_id, Path(run_dir) if run_dir else None)
+    stack = _start_local_stack(store, replicas, sidecars, app_id, Path(run_dir) if run_dir else None, runtime)
     session = Session(stack.endpoint, stack=stack, grpc_endpoint=stack.grpc_endpoint)
     try:
         session.client.wait_until_ready(timeout=30)
@@ -178,7 +189,7 @@ def _recorded_stack(endpoint: str):
     return None
 
 
-def _start_local_stack(store: str, replicas: int, sidecars: int, app_id: str, run_dir: Path | None):
+def _start_local_stack(store: str, replicas: int, sidecars: int, app_id: str, run_dir: Path | None, runtime: str):
     """A Stack on the first free block of the fixed ports: 3500/6380, else 3510/6390, ... (never ephemeral)."""
     from statelab.local import Stack, port_is_free
 
@@ -191,6 +202,7 @@ def _start_local_stack(store: str, replicas: int, sidecars: int, app_id: str, ru
             http_port=3500 + step,
             redis_port=6380 + step,
             run_dir=run_dir,
+            runtime=runtime,  # type: ignore[arg-type]
         )
         if all(port_is_free(p) for p in stack.ports):
             return stack.start()

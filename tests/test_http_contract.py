@@ -1394,6 +1394,47 @@ def test_put_metadata_cannot_change_the_runtime_version(api: Target) -> None:
     assert meta["extended"]["daprRuntimeVersion"] == meta["runtimeVersion"] != "9.9.9"
 
 
+def test_put_metadata_over_the_body_limit_is_400_body_read(api: Target) -> None:
+    resp = api.http.put(f"{api.url}/v1.0/metadata/{api.key()}", data=b"x" * (MAX_BODY + 10))
+    assert_error(resp, 400, "ERR_BODY_READ", "failed to read request body: stream too large")
+
+
+def test_get_headers_come_in_gos_canonical_spelling(api: Target) -> None:
+    key = api.key()
+    assert api.save({"key": key, "value": 1, "metadata": {"ttlInSeconds": "100"}}).status_code == 204
+    names = set(api.get(key).raw.headers.keys())  # as sent, not case-folded
+    assert "Etag" in names and "ETag" not in names
+    assert ("Metadata.ttlexpiretime" in names) == (api.store != "redis")
+
+
+# --- query, alpha (§8) -----------------------------------------------------------------------------------
+
+
+def _query(api: Target, body: bytes, store: str = STORE_NAME) -> requests.Response:
+    return api.http.post(f"{api.url}/v1.0-alpha1/state/{store}/query", data=body)
+
+
+def test_query_on_an_unknown_store_names_no_app_id_in_its_details(api: Target) -> None:
+    body = assert_error(_query(api, b"{}", "nope"), 400, "ERR_STATE_STORE_NOT_FOUND", "state store nope is not found",
+                        ANY_DETAILS)
+    assert body["details"] == [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "domain": "dapr.io",
+                                "metadata": None, "reason": "DAPR_STATE_NOT_FOUND"}]
+
+
+@pytest.mark.parametrize("query, failure", [
+    (b"", "failed to parse JSON query body: unexpected end of JSON input"),
+    (b"x", "failed to parse JSON query body: invalid character 'x' looking for beginning of value"),
+    (b"{}", "redis-json server support is required for query capability"),
+])
+def test_query_on_redis_without_redisjson_fails_after_parsing_the_query(api: Target, query: bytes, failure: str) -> None:
+    if api.store != "redis":
+        assert_error(_query(api, query), 500, "ERR_STATE_STORE_NOT_SUPPORTED", "state store does not support querying",
+                     ANY_DETAILS)
+        return
+    assert_error(_query(api, query), 500, "ERR_STATE_QUERY", f"state store {STORE_NAME} query failed: {failure}",
+                 ANY_DETAILS)
+
+
 # --- routing (§1.1) --------------------------------------------------------------------------------------
 
 

@@ -138,7 +138,7 @@ class StateAPI:
                     return self._set_metadata(parts[2], req)
             if len(parts) == 4 and parts[:2] == ["v1.0-alpha1", "state"] and parts[3] == "query":
                 if method in ("POST", "PUT"):
-                    return self._query(self._param(parts[2]))
+                    return self._query(self._param(parts[2]), req)
         except _BadRequest as bad:
             return bad.response
         return NOT_FOUND_ROUTE
@@ -179,11 +179,13 @@ class StateAPI:
                     params.setdefault(name, value)
         return params, metadata
 
-    def _store(self, name: str) -> Store:
+    def _store(self, name: str, *, app_id_in_details: bool = True) -> Store:
         try:
             return state.lookup(self.stores, name)
         except state.StoreMissing as missing:
-            info = [_error_info("DAPR_STATE_NOT_FOUND" if missing.configured else "DAPR_STATE_NOT_CONFIGURED", {"appID": self.app_id})]
+            # The query route looks the store up without the app id: its ErrorInfo metadata is null (§8).
+            meta = {"appID": self.app_id} if app_id_in_details else None
+            info = [_error_info("DAPR_STATE_NOT_FOUND" if missing.configured else "DAPR_STATE_NOT_CONFIGURED", meta)]
             if not missing.configured:
                 raise _BadRequest(error(500, "ERR_STATE_STORE_NOT_CONFIGURED", str(missing), info)) from None
             raise _BadRequest(error(400, "ERR_STATE_STORE_NOT_FOUND", str(missing), info)) from None
@@ -227,7 +229,7 @@ class StateAPI:
             "id": self.app_id,
             "runtimeVersion": RUNTIME_VERSION,
             "enabledFeatures": [],
-            "components": components,
+            **({"components": components} if components else {}),  # daprd leaves an empty list out
             "extended": dict(sorted({**self.extended, "daprRuntimeVersion": RUNTIME_VERSION}.items())),
             "appConnectionProperties": {"protocol": "http", "channelAddress": "127.0.0.1"},
             "actorRuntime": {"runtimeStatus": "DISABLED", "hostReady": False, "placement": "placement: disconnected"},
@@ -236,12 +238,12 @@ class StateAPI:
 
     def _set_metadata(self, key: str, req: Request) -> Response:
         if req.too_large:
-            return error(400, "ERR_MALFORMED_REQUEST", "stream too large")
+            return error(400, "ERR_BODY_READ", "failed to read request body: stream too large")
         self.extended[self._param(key)] = req.body.decode("utf-8", errors="replace")
         return _NO_CONTENT
 
-    def _query(self, store_name: str) -> Response:
-        store = self._store(store_name)
+    def _query(self, store_name: str, req: Request) -> Response:
+        store = self._store(store_name, app_id_in_details=False)
         if store.component.type != "state.redis":
             return error(
                 500,
@@ -252,8 +254,7 @@ class StateAPI:
         return error(
             500,
             "ERR_STATE_QUERY",
-            f"state store {store_name} query failed: the query API needs the RedisJSON and RediSearch "
-            "modules, which the statelab Redis does not load",
+            f"state store {store_name} query failed: {state.redis_query_failure(req.body)}",
             [_resource_info(store_name), _error_info("DAPR_STATE_QUERY_FAILED", None)],
         )
 
@@ -269,9 +270,10 @@ class StateAPI:
             return error(500, "ERR_STATE_GET", f"fail to get {key} from state store {store_name}: {failure_text(exc)}")
         if item is None:
             return _NO_CONTENT
-        headers = [("ETag", item.etag)] if item.etag else []
+        # Go's net/http writes header names in its canonical form: "Etag", "Metadata.ttlexpiretime".
+        headers = [("Etag", item.etag)] if item.etag else []
         for name, value in item.metadata().items():
-            headers.append((f"metadata.{name}", value))
+            headers.append((f"Metadata.{name.lower()}", value))
         return Response(200, item.data, JSON, headers)
 
     async def _save(self, store_name: str, req: Request) -> Response:

@@ -317,8 +317,7 @@ class DaprServicer(api_service_v1.DaprServicer):
             )
         raise RpcFailure(
             Code.INTERNAL,
-            f"state store {request.store_name} query failed: the query API needs the RedisJSON and RediSearch "
-            "modules, which the statelab Redis does not load",
+            f"state store {request.store_name} query failed: {state.redis_query_failure(request.query.encode())}",
             [resource_info(request.store_name), error_info("DAPR_STATE_QUERY_FAILED")],
         )
 

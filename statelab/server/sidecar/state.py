@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from statelab.errors import ETagInvalid, ETagMismatch, StatelabError
+from statelab.server import gojson
 from statelab.server.components import Component
 from statelab.server.stores.base import DeleteRequest, SetRequest, StateStore
 
@@ -73,6 +74,19 @@ def capabilities(store: Store) -> list[str]:
     if "ETAG" in caps and "TRANSACTIONAL" in caps:
         caps.append("ACTOR")
     return caps
+
+
+def redis_query_failure(query: bytes) -> str:
+    """daprd's state.redis answer to a query when Redis has no RedisJSON module, as statelab's never has:
+    it parses the query first (Go's ``json.Unmarshal``), then finds the module missing (docs/fidelity.md)."""
+    try:
+        gojson.loads(query)
+    except gojson.GoJSONError as exc:
+        text = str(exc)
+        if text in ("EOF", "unexpected EOF"):  # the streaming decoder's words for what Unmarshal calls this
+            text = "unexpected end of JSON input"
+        return f"failed to parse JSON query body: {text}"
+    return "redis-json server support is required for query capability"
 
 
 # --- store failures ---------------------------------------------------------------------------------
