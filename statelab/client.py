@@ -41,7 +41,6 @@ from statelab.errors import (
 )
 from statelab.options import EVENTUAL, FIRST_WRITE, LAST_WRITE, STRONG  # noqa: F401 - notebooks import them from here
 
-
 _METADATA_NAMES = {"ttlexpiretime": "ttlExpireTime"}  # response metadata, by its header name in lower case
 
 

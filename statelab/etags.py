@@ -734,8 +734,9 @@ def observe(columns: list[Column], situations: tuple[Situation, ...] = SITUATION
 
 
 def start_stack_on_free_ports(store: str, *, first_port: int = MATRIX_FIRST_PORT, step: int = 10,
-                              tries: int = 40) -> Stack:
-    """Start a one-sidecar stack of ``store`` (no replicas) on the first free block of ports from ``first_port``.
+                              tries: int = 40, runtime: str = "statelab") -> Stack:
+    """Start a one-sidecar stack of ``store`` (no replicas) on the first free block of ports from ``first_port``,
+    with ``runtime``'s sidecar ("statelab" or "daprd": the lesson's own stack's, so every column is the same kind).
 
     A block is ``step`` ports: the sidecar on the first, Redis (when needed) in the middle. A block taken
     between the check and the start is skipped.
@@ -744,7 +745,8 @@ def start_stack_on_free_ports(store: str, *, first_port: int = MATRIX_FIRST_PORT
 
     for _ in range(tries):
         stack = on_free_ports(Stack(store=store, replicas=0, sidecars=1, http_port=first_port,  # type: ignore[arg-type]
-                                    grpc_port=first_port + 1, redis_port=first_port + step // 2), step=step)
+                                    grpc_port=first_port + 1, redis_port=first_port + step // 2,
+                                    runtime=runtime), step=step)  # type: ignore[arg-type]
         try:
             return stack.start()
         except StackError as exc:  # a port taken between the check and the start: look again
@@ -786,7 +788,7 @@ def store_matrix(lab: Session, *, first_port: int = MATRIX_FIRST_PORT, progress:
         endpoints = {own: lab.endpoint}
         for other in others:
             bar.set_postfix_str(f"starting a {other} sidecar")
-            stack = start_stack_on_free_ports(other, first_port=first_port)
+            stack = start_stack_on_free_ports(other, first_port=first_port, runtime=lab.runtime)
             cleanup.callback(stack.stop)  # stopped on the way out, also when a probe raises
             endpoints[other] = stack.endpoint
             bar.update(1)

@@ -569,7 +569,7 @@ class Checker:
             from statelab.etags import start_stack_on_free_ports
 
             try:
-                stack = start_stack_on_free_ports(kind)
+                stack = start_stack_on_free_ports(kind, runtime=self.session.runtime)
                 found = Session(stack.endpoint, stack=stack)
                 found.client.wait_until_ready(timeout=30)
             except (StackError, SidecarUnavailable, OSError) as exc:

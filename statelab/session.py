@@ -71,6 +71,15 @@ class Session:
         return self.stack is not None
 
     @property
+    def runtime(self) -> str:
+        """Whose sidecars a local stack started for this session runs ("statelab" or "daprd"): its own stack's,
+        else ``$STATELAB_RUNTIME``'s, else statelab's. Lessons that start extra stacks (lesson 03's store matrix,
+        lab 04's second store) use it, so every sidecar of a run is the same kind."""
+        if self.stack is not None:
+            return str(getattr(self.stack, "runtime", "statelab"))
+        return os.environ.get(RUNTIME_ENV) or "statelab"
+
+    @property
     def store_type(self) -> str:
         """The component type of ``store_name`` as the sidecar reports it (``state.redis``, ...)."""
         for comp in self.client.metadata().get("components", []):

@@ -380,6 +380,27 @@ def test_save_of_a_body_over_4_mib_is_400(api: Target, canary: Canary) -> None:
     canary.assert_unchanged()
 
 
+@pytest.mark.parametrize("route", ["save", "bulk", "transaction"])
+def test_a_small_first_value_followed_by_more_than_4_mib_is_read_as_that_value(api: Target, route: str) -> None:
+    # daprd's decoder reads one JSON value through a 4 MiB-limited stream: what follows it is never read.
+    key = api.key()
+    first = {"save": [{"key": key, "value": "kept"}], "bulk": {"keys": [key]},
+             "transaction": {"operations": [upsert(key, "kept")]}}[route]
+    body = json.dumps(first).encode() + b" " + b"x" * (MAX_BODY + 10)
+    url = api.state_url() if route == "save" else api.state_url(route)
+    resp = api.http.post(url, data=body)
+    if route == "bulk":
+        assert (resp.status_code, resp.json()) == (200, [{"key": key}])
+    else:
+        assert resp.status_code == 204 and value_of(api, key) == "kept"
+
+
+def test_a_first_value_running_past_4_mib_is_stream_too_large(api: Target, canary: Canary) -> None:
+    body = b'[{"key":"' + canary.key.encode() + b'","value":' + b"1" * (MAX_BODY + 10) + b"}]"
+    assert_error(api.http.post(api.state_url(), data=body), 400, "ERR_MALFORMED_REQUEST", "stream too large")
+    canary.assert_unchanged()
+
+
 def test_save_of_a_body_just_under_4_mib_is_204(api: Target) -> None:
     key = api.key()
     padding = MAX_BODY - len(json.dumps([{"key": key, "value": ""}])) - 16

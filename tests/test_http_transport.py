@@ -259,7 +259,8 @@ def test_every_body_over_4_mib_is_daprs_400_and_writes_nothing(addr, method, pat
         assert status == 400
         assert headers["content-type"] == "application/json"
         error = json.loads(got)
-        assert error["errorCode"] == "ERR_MALFORMED_REQUEST"
+        # daprd 1.18.3 reads a metadata value before anything decodes it: its own error code (dapr-behaviour §9.2)
+        assert error["errorCode"] == ("ERR_BODY_READ" if "/metadata/" in path else "ERR_MALFORMED_REQUEST")
         assert "stream too large" in error["message"]
         if wrap:
             assert error["message"].startswith("failed deserializing HTTP body: ")

@@ -56,14 +56,32 @@ _decoder = json.JSONDecoder(
 )
 
 
-def loads(body: bytes) -> Any:
-    """Decode the first JSON value of ``body`` as Go's ``json.Decoder`` does (trailing bytes ignored)."""
+def _ends_before_the_cut(text: str, start: int) -> bool:
+    """True if the JSON value at ``start`` ends inside ``text`` (with a byte after it: a number or a literal
+    at the very end might go on in the part that was cut off)."""
+    try:
+        _, end = json.JSONDecoder().raw_decode(text, start)
+    except (ValueError, RecursionError):
+        return False
+    return end < len(text)
+
+
+def loads(body: bytes, *, cut: bool = False) -> Any:
+    """Decode the first JSON value of ``body`` as Go's ``json.Decoder`` does (trailing bytes ignored).
+
+    ``cut``: ``body`` is only the first part of a longer request, cut at the size limit. daprd's decoder
+    reads through a size-limited stream, so the request is fine when its first value ends inside that
+    part, and "stream too large" when reading it runs into the limit.
+    """
     text = body.decode("utf-8", errors="replace")
     start = 0
     while start < len(text) and text[start] in " \t\r\n":
         start += 1
     if start == len(text):
-        raise GoJSONError("EOF")
+        raise GoJSONError("stream too large" if cut else "EOF")
+    if cut and not _ends_before_the_cut(text, start):
+        # Go scans the whole first value before decoding it, so it runs into the limit first.
+        raise GoJSONError("stream too large")
     try:
         value, _ = _decoder.raw_decode(text, start)
     except GoJSONError:

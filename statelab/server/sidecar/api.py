@@ -200,9 +200,7 @@ class StateAPI:
     def _body(self, req: Request, *, wrap: bool) -> Any:
         """Decode the body with Go's rules; ``wrap`` adds daprd's "failed deserializing" prefix."""
         try:
-            if req.too_large:
-                raise gojson.GoJSONError("stream too large")
-            return gojson.loads(req.body)
+            return gojson.loads(req.body, cut=req.too_large)
         except gojson.GoJSONError as exc:
             message = f"failed deserializing HTTP body: {exc}" if wrap else str(exc)
             raise _BadRequest(error(400, "ERR_MALFORMED_REQUEST", message)) from None

@@ -250,13 +250,16 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, chunk: bytes) -> None:
+        before = self.body_size
         self.body_size += len(chunk)
-        if self.body_size > self.max_body:
-            # Keep reading (the client is still sending) but store nothing past the limit.
-            self.too_large = True
-            self.body = []
-        else:
+        if self.body_size <= self.max_body:
             self.body.append(chunk)
+            return
+        # Keep reading (the client is still sending) but store nothing past the limit. The part within it
+        # stays: daprd's decoder reads only the first JSON value, which may end before the limit.
+        if not self.too_large and before < self.max_body:
+            self.body.append(chunk[: self.max_body - before])
+        self.too_large = True
 
     def on_message_complete(self) -> None:
         self.in_message = False
