@@ -796,7 +796,7 @@ def store_matrix(lab: Session, *, first_port: int = MATRIX_FIRST_PORT, progress:
         columns = [Column(s, s, endpoints[s], lab.store_name) for s in STORE_TYPES]
         where = ", ".join(f"{s} at {endpoints[s]}" for s in others)
         source = (f"Local stack: {own} at {lab.endpoint} (this lesson's stack), plus {where}, "
-                  f"started for the matrix and stopped again.")
+                  f"started for the matrix ({lab.runtime} sidecars, like this lesson's) and stopped again.")
         return observe(columns, source=source, bar=bar)
 
 

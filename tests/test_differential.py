@@ -160,28 +160,6 @@ REPEATED_FIELD = r'(?i)"(key|value|etag|metadata|options)": ?(?:[^{}]|\{[^{}]*\}
 
 KNOWN_DIVERGENCES: tuple[Known, ...] = (
     Known(
-        "traceparent-header",
-        STORES,
-        "daprd answers every request with `Traceparent: 00-00000000000000000000000000000000-0000000000000000-00` "
-        "(tracing off: the zero trace context); statelab sends no Traceparent header.",
-        (req("GET", f"{STATE}/NS-k"),),
-        when(where=r"^header:traceparent$", statelab=r"^None$", daprd=r"^'00-0{32}-0{16}-00'$"),
-    ),
-    Known(
-        "empty-ttl-is-no-ttl",
-        STORES,
-        'A `ttlInSeconds` of "" (or null, which Go decodes to "") means no TTL in daprd: the save is 204 and '
-        "the item is written (or, with an ETag, the ETag decides: 409/400). statelab answers 500 ERR_STATE_SAVE "
-        '`strconv.Atoi: parsing "": invalid syntax` (in-memory; sqlite: `error parsing TTL: incorrect value for '
-        "metadata 'ttlInSeconds': strconv.ParseInt…`, redis: `failed to parse ttl from metadata: strconv.ParseInt…`) "
-        "and writes nothing. Same for transactions (statelab 500 ERR_STATE_TRANSACTION) and for "
-        "`?metadata.ttlInSeconds=` in the URL.",
-        (req("POST", STATE, [{"key": "NS-k", "value": 1, "metadata": {"ttlInSeconds": ""}}], headers=J),
-         req("GET", f"{STATE}/NS-k", reads=("NS-k",))),  # fmt: skip
-        when(request=EMPTY_TTL),
-        taints=EMPTY_TTL,
-    ),
-    Known(
         "ttl-beyond-a-go-duration-is-accepted",
         ("in-memory", "redis"),
         "daprd takes a `ttlInSeconds` above 9223372036 (the largest whole-second Go duration): in-memory "
@@ -204,37 +182,6 @@ KNOWN_DIVERGENCES: tuple[Known, ...] = (
         "9223372036 seconds`.",
         (req("POST", STATE, [{"key": "NS-k", "value": 1, "metadata": {"ttlInSeconds": "9223372037"}}], headers=J),),
         when(request=HUGE_TTL, where="^message$", daprd="must be -1 or greater", statelab="is out of range"),
-    ),
-    Known(
-        "invalid-percent-escape-in-path",
-        STORES,
-        "A path with a broken %-escape (`GET /v1.0/state/statestore/k%`, `…/k%2`) is refused by Go's net/http "
-        "before routing: 400 `text/plain; charset=utf-8` body `400 Bad Request`, connection closed. statelab "
-        "routes it and answers 204 (a get of the key `k%`).",
-        (req("GET", f"{STATE}/NS-k%"),),
-        when(request=r"^\S+ \S*%.?(\?|\s|$)", where=r"^(status|content-type|header:connection|body)$"),
-    ),
-    Known(
-        "field-violation-members-in-proto-order",
-        STORES,
-        "The BadRequest detail of an illegal key (`GET /v1.0/state/statestore/x%7C%7Cy`, 400 ERR_MALFORMED_REQUEST) "
-        "lists its field violation as `{\"field\":\"x||y\",\"description\":\"api error: …\"}` in daprd (protobuf "
-        "field order, every time); statelab writes `{\"description\":…,\"field\":…}`. Same JSON value, other "
-        "bytes.",
-        (req("GET", f"{STATE}/NS-x%7C%7Cy"),),
-        when(where="^error body bytes$", daprd=r'"field_violations":\[\{"field":',
-             statelab=r'"field_violations":\[\{"description":'),  # fmt: skip
-    ),
-    Known(
-        "consistency-is-validated-before-concurrency",
-        STORES,
-        "components-contrib's `state.CheckRequestOptions` checks `consistency` before `concurrency`, so with both "
-        "wrong daprd says `unrecognized consistency model 'bogus'` (500, on save, delete and transaction); "
-        "statelab names the concurrency first: `unrecognized concurrency model 'bogus'`.",
-        (req("POST", STATE, [{"key": "NS-k", "value": 1, "options": {"concurrency": "bogus", "consistency": "bogus"}}],
-             headers=J),
-         req("DELETE", f"{STATE}/NS-k?concurrency=bogus&consistency=bogus")),  # fmt: skip
-        when(where="^message$", daprd="unrecognized consistency model", statelab="unrecognized concurrency model"),
     ),
     Known(
         "transaction-body-type-names",
@@ -350,29 +297,6 @@ KNOWN_DIVERGENCES: tuple[Known, ...] = (
              statelab="possible etag mismatch"),  # fmt: skip
     ),
     Known(
-        "redis-etag-is-checked-before-the-ttl",
-        ("redis",),
-        "daprd's Redis Set parses the ETag before the TTL: `[{\"key\":\"k\",\"etag\":\"x\",\"metadata\":"
-        "{\"ttlInSeconds\":\"abc\"}}]` is 400 `failed saving state in state store statestore: invalid etag value: "
-        "strconv.Atoi: parsing \"x\": invalid syntax`; statelab 500 `…failed to parse ttl from metadata: "
-        "strconv.ParseInt: parsing \"abc\": invalid syntax`.",
-        (req("POST", STATE, [{"key": "NS-k", "value": 1, "etag": "x", "metadata": {"ttlInSeconds": "abc"}}],
-             headers=J),),  # fmt: skip
-        either(when(request="ttlInSeconds", where="^status$", daprd="^400$", statelab="^500$"),
-               when(request="ttlInSeconds", where="^message$", daprd="invalid etag value",
-                    statelab="failed to parse ttl|invalid etag value: <one of the items>")),  # fmt: skip
-    ),
-    Known(
-        "redis-bulk-get-data-is-html-escaped",
-        ("redis",),
-        "daprd's bulk get embeds each value as json.RawMessage, which Go's encoder compacts with HTML escaping: "
-        "a value saved as `\"<&>\\u2028\"` comes back in bulk as `\"\\u003c\\u0026\\u003e\\u2028\"` (the Redis store "
-        "keeps the raw bytes, so GET returns them unescaped). statelab's bulk get returns the raw bytes.",
-        (req("POST", STATE, [{"key": "NS-k", "value": "<&>\u2028"}], headers=J),
-         req("POST", f"{STATE}/bulk", {"keys": ["NS-k"]}, headers=J, reads=("NS-k",))),  # fmt: skip
-        when(where=r"^bulk\[\d+\] data$", daprd=r"\\\\u(003c|003e|0026|202[89])"),
-    ),
-    Known(
         "redis-script-errors-keep-redis-prefix",
         ("redis",),
         "When one of components-contrib's Lua scripts refuses a write, Redis prefixes the script's error and daprd "
@@ -415,17 +339,6 @@ KNOWN_DIVERGENCES: tuple[Known, ...] = (
          req("GET", f"{STATE}/NS-k", reads=("NS-k",))),  # fmt: skip
         when(request=REDIS_JSON_TRANSACTION),
         taints=REDIS_JSON_TRANSACTION,
-    ),
-    Known(
-        "go-quotes-the-value-in-strconv-errors",
-        STORES,
-        "Go's strconv errors quote the input with strconv.Quote: a `ttlInSeconds` of `1\"` is 500 `…strconv.Atoi: "
-        "parsing \"1\\\"\": invalid syntax` (in-memory; ParseInt on sqlite and redis), and on Redis an ETag `W/\"1\"` "
-        "is 400 `invalid etag value: strconv.Atoi: parsing \"W/\\\"1\\\"\": invalid syntax`. statelab leaves the "
-        "inner quotes bare (`parsing \"1\"\"`).",
-        (req("POST", STATE, [{"key": "NS-k", "value": 1, "metadata": {"ttlInSeconds": '1"'}}], headers=J),),
-        lambda d: (d.where == "message" and isinstance(d.daprd, str) and "parsing" in d.daprd
-                   and joined_equal(re.sub(r"\\(.)", r"\1", d.daprd), d.statelab)),  # fmt: skip
     ),
     Known(
         "sqlite-bulk-get-of-a-repeated-key",

@@ -316,10 +316,11 @@ def test_where_each_store_keeps_raw_bytes(api: Target, dapr: DaprClient):
 def test_json_content_type_stores_json_as_the_store_encodes_it(api: Target, dapr: DaprClient):
     key = api.key()
     dapr.save_state(STORE_NAME, key, '{"b": 1, "a": 2.50}', state_metadata={"contentType": "application/json"})
-    # in-memory and SQLite re-encode with Go's encoding/json (sorted keys), Redis with json-iterator (as sent).
-    expected = b'{"b":1,"a":2.5}' if api.store == "redis" else b'{"a":2.5,"b":1}'
-    assert api.get(key).content == expected
-    assert dapr.get_state(STORE_NAME, key).data == expected
+    # in-memory and SQLite re-encode with Go's encoding/json (sorted keys), Redis with json-iterator, whose
+    # member order is a Go map's: random on daprd, as sent on statelab (docs/fidelity.md). Compact either way.
+    expected = [b'{"b":1,"a":2.5}', b'{"a":2.5,"b":1}'] if api.store == "redis" else [b'{"a":2.5,"b":1}']
+    assert api.get(key).content in expected
+    assert dapr.get_state(STORE_NAME, key).data in expected
 
 
 def test_transaction_upserts_are_stored_as_raw_bytes(api: Target, dapr: DaprClient):

@@ -98,6 +98,26 @@ def loads(body: bytes, *, cut: bool = False) -> Any:
     return value
 
 
+def go_quote(text: str) -> str:
+    """``text`` as Go's ``strconv.Quote`` writes it (what ``%q`` puts in strconv's error messages)."""
+    out = []
+    for ch in text:
+        if ch in ('"', "\\"):
+            out.append("\\" + ch)
+        elif ch in _GO_ESCAPES:
+            out.append(_GO_ESCAPES[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\x{ord(ch):02x}")
+        elif not ch.isprintable():
+            out.append(f"\\u{ord(ch):04x}" if ord(ch) <= 0xFFFF else f"\\U{ord(ch):08x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+_GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v"}
+
+
 def _scrub(text: str) -> str:
     # Lone surrogates (from "\ud800" escapes) cannot be UTF-8 encoded; Go writes U+FFFD for them.
     try:

@@ -59,11 +59,24 @@ def _resource_info(store: str) -> dict:
     }
 
 
+def _html_escaped(data: bytes) -> bytes:
+    """Raw JSON as Go's encoder writes a ``json.RawMessage``: with ``<``, ``>``, ``&``, U+2028 and U+2029
+    escaped. In valid JSON they can only stand inside strings, so replacing them is exact. (A single GET
+    sends the stored bytes untouched; a bulk GET goes through the encoder: Redis values differ.)"""
+    for raw, escaped in _HTML_ESCAPES:
+        if raw in data:
+            data = data.replace(raw, escaped)
+    return data
+
+
+_HTML_ESCAPES = ((b"<", b"\\u003c"), (b">", b"\\u003e"), (b"&", b"\\u0026"),
+                 ("\u2028".encode(), b"\\u2028"), ("\u2029".encode(), b"\\u2029"))
+
+
 def illegal_key(key: str, store: str, field: str) -> Response:
     message = f"api error: code = InvalidArgument desc = {state.IllegalKey(key)}"
-    violation = {"description": message}
-    if field:  # protobuf JSON leaves out an empty field
-        violation["field"] = field
+    # protobuf's JSON writes the members in field order (field, description) and leaves out an empty field
+    violation = {"field": field, "description": message} if field else {"description": message}
     return error(
         400,
         "ERR_MALFORMED_REQUEST",
@@ -411,7 +424,7 @@ def _bulk_body(results: Sequence, prefix_len: int) -> bytes:
                 if not _is_json(data):
                     # Go refuses to encode invalid raw JSON; daprd then sends an empty 200 (§5).
                     return b""
-                entry += [b',"data":', data]
+                entry += [b',"data":', _html_escaped(data)]
             if r.item.etag:
                 entry += [b',"etag":', gojson.dumps(r.item.etag)]
             meta = r.item.metadata()

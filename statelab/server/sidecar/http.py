@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sys
 import time
 from collections import deque
@@ -82,12 +83,16 @@ def _date() -> bytes:
     return _date_cache[1]
 
 
+# daprd's tracing middleware answers every API request but the health checks with a trace context; with
+# tracing off (as here and in a default `dapr run`) it is the all-zero one.
+_TRACEPARENT = b"Traceparent: 00-00000000000000000000000000000000-0000000000000000-00\r\n"
+
 _STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\nDate: " % (code, reason.encode()) for code, reason in _REASONS.items()}
 
 
-def encode_response(resp: Response, *, keep_alive: bool, head: bool = False) -> bytes:
+def encode_response(resp: Response, *, keep_alive: bool, head: bool = False, traced: bool = True) -> bytes:
     status_line = _STATUS_LINES.get(resp.status) or b"HTTP/1.1 %d Status\r\nDate: " % resp.status
-    parts = [status_line, _date(), b"\r\n"]
+    parts = [status_line, _date(), b"\r\n", _TRACEPARENT] if traced else [status_line, _date(), b"\r\n"]
     if resp.content_type:
         parts.append(b"Content-Type: %s\r\n" % resp.content_type.encode("latin-1"))
     if resp.headers:
@@ -115,6 +120,9 @@ _HEAD_TOO_LARGE = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain; charset=utf-8\r\n"
     b"Connection: close\r\n\r\n431 Request Header Fields Too Large"
 )
+
+
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")  # a "%" without two hex digits after it
 
 
 def split_target(target: bytes) -> tuple[str, str]:
@@ -265,6 +273,10 @@ class HttpProtocol(asyncio.Protocol):
         self.in_message = False
         self.reading_head = True
         path, query = split_target(self.url)
+        if _BAD_ESCAPE.search(path):
+            # Go's url.ParseRequestURI refuses the request line ("invalid URL escape"): 400, then close.
+            self._fail()
+            return
         req = Request(
             self.parser.get_method().decode("latin-1"),
             path,
@@ -348,7 +360,8 @@ class HttpProtocol(asyncio.Protocol):
             return False
         assert self.transport is not None
         keep_alive = req.keep_alive and not self.broken
-        self.transport.write(encode_response(resp, keep_alive=keep_alive, head=req.method == "HEAD"))
+        self.transport.write(encode_response(resp, keep_alive=keep_alive, head=req.method == "HEAD",
+                                             traced=not req.path.startswith("/v1.0/healthz")))
         if not keep_alive:
             self.closing = True
             self.transport.close()

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 from statelab.errors import InvalidRequestOption
 from statelab.options import EVENTUAL, FIRST_WRITE, LAST_WRITE, STRONG
+from statelab.server import gojson
 
 
 @dataclass
@@ -79,10 +80,10 @@ MAX_TTL_SECONDS = (2**63 - 1) // 10**9
 
 def check_options(concurrency: str, consistency: str) -> None:
     """Reject option values the Dapr stores do not know (daprd answers 500 for these)."""
+    if consistency not in ("", STRONG, EVENTUAL):  # daprd checks consistency first
+        raise InvalidRequestOption(f"unrecognized consistency model '{consistency}'")
     if concurrency not in ("", FIRST_WRITE, LAST_WRITE):
         raise InvalidRequestOption(f"unrecognized concurrency model '{concurrency}'")
-    if consistency not in ("", STRONG, EVENTUAL):
-        raise InvalidRequestOption(f"unrecognized consistency model '{consistency}'")
 
 
 def parse_ttl(metadata: dict[str, str]) -> int | None:
@@ -91,13 +92,13 @@ def parse_ttl(metadata: dict[str, str]) -> int | None:
     Raises ``InvalidRequestOption`` with Go's strconv wording; each store adds its own prefix.
     """
     raw = metadata.get("ttlInSeconds")
-    if raw is None:
+    if not raw:  # absent, or empty (what a JSON null becomes): no TTL, as in daprd
         return None
     if not _INT.fullmatch(raw):
-        raise InvalidRequestOption(f'strconv.ParseInt: parsing "{raw}": invalid syntax')
+        raise InvalidRequestOption(f"strconv.ParseInt: parsing {gojson.go_quote(raw)}: invalid syntax")
     value = int(raw)
     if not -(2**63) <= value < 2**63:
-        raise InvalidRequestOption(f'strconv.ParseInt: parsing "{raw}": value out of range')
+        raise InvalidRequestOption(f"strconv.ParseInt: parsing {gojson.go_quote(raw)}: value out of range")
     if value > MAX_TTL_SECONDS:
         raise InvalidRequestOption(f"ttlInSeconds {raw} is out of range: at most {MAX_TTL_SECONDS} seconds")
     return value

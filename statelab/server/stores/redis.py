@@ -173,20 +173,20 @@ class RedisStore(StateStore):
     def _set_args(self, req: SetRequest, *, in_transaction: bool = False) -> tuple[list[Any], list[Any]]:
         if not in_transaction:  # Dapr's Multi skips the option check and never marks first-write
             check_options(req.concurrency, req.consistency)
+        version = "0"  # as Dapr's Set: the options, then the ETag, then the TTL
+        if req.has_etag and req.concurrency != LAST_WRITE:
+            etag = req.etag or ""
+            if not _is_go_int(etag):
+                raise ETagInvalid(f"strconv.Atoi: parsing {gojson.go_quote(etag)}: invalid syntax")
+            if not -(2**63) <= int(etag) < 2**63:
+                raise ETagInvalid(f"strconv.Atoi: parsing {gojson.go_quote(etag)}: value out of range")
+            version = str(int(etag))
         try:
             ttl = parse_ttl(req.metadata)
         except InvalidRequestOption as exc:
             raise InvalidRequestOption(f"failed to parse ttl from metadata: {exc}") from None
         if ttl is None:
             ttl = self.default_ttl
-        version = "0"
-        if req.has_etag and req.concurrency != LAST_WRITE:
-            etag = req.etag or ""
-            if not _is_go_int(etag):
-                raise ETagInvalid(f'strconv.Atoi: parsing "{etag}": invalid syntax')
-            if not -(2**63) <= int(etag) < 2**63:
-                raise ETagInvalid(f'strconv.Atoi: parsing "{etag}": value out of range')
-            version = str(int(etag))
         data = req.value if isinstance(req.value, bytes) else gojson.dumps_jsoniter(req.value)
         first_write = "1" if req.concurrency == FIRST_WRITE and not in_transaction else "0"
         return [req.key], [version, data, first_write, "" if ttl is None else str(ttl)]
