@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from statelab.client import FIRST_WRITE, LAST_WRITE, StateClient, upsert
 from statelab.display import html_table
@@ -741,12 +741,12 @@ def start_stack_on_free_ports(store: str, *, first_port: int = MATRIX_FIRST_PORT
     A block is ``step`` ports: the sidecar on the first, Redis (when needed) in the middle. A block taken
     between the check and the start is skipped.
     """
-    from statelab.local import Stack, on_free_ports
+    from statelab.local import Runtime, Stack, Store, on_free_ports
 
     for _ in range(tries):
-        stack = on_free_ports(Stack(store=store, replicas=0, sidecars=1, http_port=first_port,  # type: ignore[arg-type]
+        stack = on_free_ports(Stack(store=cast(Store, store), replicas=0, sidecars=1, http_port=first_port,
                                     grpc_port=first_port + 1, redis_port=first_port + step // 2,
-                                    runtime=runtime), step=step)  # type: ignore[arg-type]
+                                    runtime=cast(Runtime, runtime)), step=step)  # Stack checks both names
         try:
             return stack.start()
         except StackError as exc:  # a port taken between the check and the start: look again

@@ -16,13 +16,15 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from statelab.client import StateClient, default_endpoint
 from statelab.errors import SidecarUnavailable, StackError
 
 if TYPE_CHECKING:
     import redis
+
+    from statelab.local import Stack
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +186,7 @@ def _grpc_endpoint_from_env() -> str | None:
     return None
 
 
-def _recorded_stack(endpoint: str):
+def _recorded_stack(endpoint: str) -> Stack | None:
     """The `statelab up` stack if ``endpoint`` is its first sidecar, else None."""
     try:
         from statelab.local import attach
@@ -198,20 +200,21 @@ def _recorded_stack(endpoint: str):
     return None
 
 
-def _start_local_stack(store: str, replicas: int, sidecars: int, app_id: str, run_dir: Path | None, runtime: str):
+def _start_local_stack(store: str, replicas: int, sidecars: int, app_id: str, run_dir: Path | None,
+                       runtime: str) -> Stack:
     """A Stack on the first free block of the fixed ports: 3500/6380, else 3510/6390, ... (never ephemeral)."""
-    from statelab.local import Stack, port_is_free
+    from statelab.local import Runtime, Stack, Store, port_is_free
 
     for step in range(0, 200, 10):
         stack = Stack(
-            store=store,  # type: ignore[arg-type]
+            store=cast(Store, store),  # Stack checks the name itself
             replicas=replicas,
             sidecars=sidecars,
             app_id=app_id,
             http_port=3500 + step,
             redis_port=6380 + step,
             run_dir=run_dir,
-            runtime=runtime,  # type: ignore[arg-type]
+            runtime=cast(Runtime, runtime),  # checked by open_session
         )
         if all(port_is_free(p) for p in stack.ports):
             return stack.start()
