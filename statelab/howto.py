@@ -555,7 +555,8 @@ def _record(method: str, resp: requests.Response, sent_headers: dict) -> Call:
             error_code = str(resp.json().get("errorCode", ""))
         except (ValueError, AttributeError):
             pass
-    kept = {k: v for k, v in resp.headers.items() if k.lower() in ("etag", "content-type")}
+    # Header names are case-insensitive on the wire (daprd writes Go's canonical "Etag"); record one spelling.
+    kept = {name: resp.headers[name] for name in ("ETag", "Content-Type") if name in resp.headers}
     return Call(
         method, resp.request.url or "", {str(k): str(v) for k, v in sent_headers.items()}, request_body,
         resp.status_code, error_code, kept, resp.text,

@@ -116,6 +116,7 @@ ROUTE_SUCCESSES = {
 }
 TRACEBACK = re.compile(rb"Traceback \(most recent call last\)|File \"[^\"]+\", line \d+")
 GO_PLAIN_400 = b"400 Bad Request"  # malformed HTTP: what Go's net/http (and the sidecar) answer, then close
+BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")  # Go refuses such a request line ("invalid URL escape")
 
 
 @dataclass
@@ -130,8 +131,11 @@ class Answer:
         return json.loads(self.body)
 
 
-def check_answer(route: str, method: str, answer: Answer, request: str = "") -> None:
-    """The invariants every answer must meet (module docstring); ``request`` describes it for a failure."""
+def check_answer(route: str, method: str, answer: Answer, request: str = "", target: str = "") -> None:
+    """The invariants every answer must meet (module docstring); ``request`` describes it for a failure.
+
+    A ``target`` with an invalid %-escape is refused before routing, as daprd does: plain 400, then close.
+    """
     where = f"{method} {route}: {answer.status} {answer.body[:300]!r}" + (f"\n  for {request}" if request else "")
     assert not TRACEBACK.search(answer.body), f"traceback text in the answer: {where}"
     assert not any(TRACEBACK.search(v.encode("latin-1", "replace")) for v in answer.headers.values()), where
@@ -143,6 +147,9 @@ def check_answer(route: str, method: str, answer: Answer, request: str = "") -> 
         assert method == "HEAD" or answer.body == b"invalid api token\n", where
         return
     if answer.headers.get("content-type", "").startswith("text/plain") and answer.body == GO_PLAIN_400:
+        if BAD_ESCAPE.search(target.split("?", 1)[0]):
+            assert answer.closed, f"a refused request line closes the connection: {where}"
+            return
         pytest.fail(f"the request was not well-formed HTTP (a generator bug, not a sidecar one): {where}")
     assert answer.headers.get("content-type") == JSON, f"error without a JSON body: {where}"
     if method == "HEAD":
@@ -274,7 +281,7 @@ class Fuzzer:
             pytest.fail(f"the sidecar did not answer within {ANSWER_TIMEOUT:.0f} s (a hang): {described}")
         self.sent += 1
         self.statuses[answer.status] = self.statuses.get(answer.status, 0) + 1
-        check_answer(route, method, answer, described)
+        check_answer(route, method, answer, described, target)
         return answer
 
     def snapshot(self, keys: list[str]) -> dict[str, tuple[int, bytes, str | None]]:
