@@ -262,7 +262,7 @@ def scenario_throughput(seconds: float, rounds: int, daprd: str | None, connecti
 
 
 def scenario_notebooks() -> list[dict]:
-    from statelab import runner
+    from statelab.tools import runner
 
     out = Path(tempfile.mkdtemp(prefix="bench-notebooks-"))
     rows = []

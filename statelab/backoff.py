@@ -16,7 +16,7 @@ A policy is a small object with ``delay(attempt, rng) -> seconds`` (also callabl
 remembers its previous wait, so each writer needs its own copy: call ``policy.new()`` once per writer
 (stateless policies return themselves). Policies compose: ``a + b`` adds two waits and
 ``p.capped(m)`` never waits longer than ``m``; ``policy.bind(rng)`` gives a fresh per-writer
-``attempt -> seconds`` function in the form ``statelab.etags`` retry loops take.
+``attempt -> seconds`` function in the form ``statelab.lessons.etags`` retry loops take.
 """
 
 from __future__ import annotations

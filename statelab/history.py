@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 OK, CONFLICT, ERROR, UNKNOWN = "ok", "conflict", "error", "unknown"
+OUTCOME_CODES = {OK: "o", CONFLICT: "c", ERROR: "e", UNKNOWN: "u"}  # one letter each, for compact summaries
 OUTCOMES = (OK, CONFLICT, ERROR, UNKNOWN)
 
 

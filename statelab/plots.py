@@ -1,20 +1,30 @@
-"""Plots of concurrent-writer runs (lessons 04 and 05). Each function returns a matplotlib Figure.
+"""Every plot statelab draws: lessons, labs and the writers panel. Each function returns a matplotlib Figure.
 
-They only draw what ``statelab.writers`` and ``statelab.simulate`` return; no store is touched here.
-Figures are closed in pyplot before being returned, so the notebook cell that returns one shows it once.
+They only draw what they are given (runs from ``statelab.writers`` and ``statelab.simulate``, timings from
+the consistency lesson, the lesson 03 retry demo, a class view); no store is touched here. Figures are built
+on ``matplotlib.figure.Figure``, never through pyplot's global state, so a worker thread (the writers panel)
+may draw one while the kernel does something else; a notebook cell that returns one shows it once.
 """
 
 from __future__ import annotations
 
+import sys
+import threading
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from statelab.history import OUTCOME_CODES
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from statelab.lab.classroom import ClassView
+    from statelab.lessons.consistency import SaveTimings
+    from statelab.lessons.etags import RetryDemo
     from statelab.writers import RunResult
 
+_PYPLOT_IMPORT = threading.Lock()
 OUTCOME_COLORS = {"ok": "#2a9d8f", "conflict": "#e76f51", "error": "#6c757d", "unknown": "#9b5de5"}
 
 
@@ -23,12 +33,24 @@ def _field(row: Any, name: str) -> Any:
     return row[name] if isinstance(row, Mapping) else getattr(row, name)
 
 
-def _figure(*args: Any, **kwargs: Any):
-    import matplotlib.pyplot as plt
+def _figure(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float] | None = None, **kwargs: Any
+            ) -> tuple[Figure, Any]:
+    """A new Figure and its axes, made without pyplot (thread-safe, and not kept in pyplot's figure list)."""
+    from matplotlib.figure import Figure
 
-    fig, ax = plt.subplots(*args, layout="constrained", **kwargs)
-    plt.close(fig)
-    return fig, ax
+    _teach_ipython_to_show_figures()
+    fig = Figure(figsize=figsize, layout="constrained")
+    return fig, fig.subplots(nrows, ncols, **kwargs)
+
+
+def _teach_ipython_to_show_figures() -> None:
+    """Inside a kernel, load the notebook's matplotlib backend once: it registers how IPython shows a Figure.
+
+    (A Figure made without pyplot shows as text until that backend is loaded; importing pyplot loads it.)
+    """
+    if "IPython" in sys.modules and "matplotlib.pyplot" not in sys.modules:
+        with _PYPLOT_IMPORT:
+            import matplotlib.pyplot  # noqa: F401  (imported for its side effect: the inline backend)
 
 
 def attempts_histogram(results: Mapping[str, RunResult]) -> Figure:
@@ -142,4 +164,83 @@ def policy_delays(names: Sequence[str], *, base: float, cap: float, attempts: in
     ax.set_ylabel("wait before the retry (ms)")
     ax.set_title(f"Retry policies, base {base * 1000:g} ms, cap {cap * 1000:g} ms (median and 10–90 %)")
     ax.legend(frameon=False, fontsize="small")
+    return fig
+
+
+# --- lessons ---------------------------------------------------------------------------------------------
+
+
+def save_latencies(timings: SaveTimings) -> Figure:
+    """Lesson 02: the ECDF of save latencies per consistency mode, log x-axis, each median marked."""
+    from matplotlib.ticker import FuncFormatter
+
+    fig, ax = _figure(figsize=(7, 3.8))
+    colours = {"strong": "tab:red", "eventual": "tab:blue"}
+    for mode, values in timings.latency_ms.items():
+        values = sorted(values)
+        n = len(values)
+        colour = colours.get(mode)
+        ax.step(values, [(i + 1) / n for i in range(n)], where="post", color=colour,
+                label=f"{mode} (p50 {timings.p50(mode):.2f} ms)")
+        ax.axvline(timings.p50(mode), color=colour, linestyle=":", linewidth=1)
+    ax.set_xscale("log")
+    plain = FuncFormatter(lambda x, _pos: f"{x:g}")  # 1.5, not 1.5×10⁰
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    ax.set_xlabel("save latency, ms (log scale)")
+    ax.set_ylabel("fraction of saves at or below")
+    ax.set_ylim(0, 1.02)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right")
+    ax.set_title(f"{timings.samples} saves per mode on {timings.store_type or 'the store'}")
+    return fig
+
+
+def attempts_needed(demo: RetryDemo) -> Figure:
+    """Lesson 03: how many increments needed 1, 2, 3, ... attempts."""
+    fig, ax = _figure(figsize=(5, 2.8))
+    hist = demo.histogram
+    ax.bar([str(k) for k in hist], list(hist.values()), color="#4c72b0")
+    ax.set_xlabel("attempts needed")
+    ax.set_ylabel("increments")
+    ax.set_title(f"{demo.writers} writers, {demo.successes} increments, {demo.lost} lost")
+    return fig
+
+
+# --- class contention mode -------------------------------------------------------------------------------
+
+
+def class_attempts(view: ClassView) -> Figure:
+    """Everyone's attempts on one time axis (one band per attendee), and attempts per success per attendee."""
+    fig, (left, right) = _figure(1, 2, figsize=(11, 0.5 * max(3, len(view.runs)) + 2.2),
+                                 gridspec_kw={"width_ratios": [3, 2]})
+    origin = min((r.started_at for r in view.runs), default=0.0)
+    names = {code: name for name, code in OUTCOME_CODES.items()}
+    for row, run in enumerate(view.runs):
+        writers = max(1, run.writers)
+        for code in ("o", "c", "e", "u"):
+            pts = [a for a in run.attempts if a[5] == code]
+            if pts:
+                ys = [row + 0.8 * (a[0] + 0.5) / writers - 0.4 for a in pts]
+                xs = [run.started_at - origin + a[4] for a in pts]
+                left.scatter(xs, ys, s=6, color=OUTCOME_COLORS[names[code]],
+                             label=names[code] if row == 0 else None)
+    left.set_yticks(range(len(view.runs)), [r.attendee for r in view.runs])
+    left.invert_yaxis()
+    left.set_xlabel("seconds since the first attendee started")
+    left.set_title(f"Class {view.class_id}: every attempt, by attendee (writers stacked)")
+    if view.runs:
+        left.legend(frameon=False, ncols=4, loc="upper center", bbox_to_anchor=(0.5, -0.18))
+    top = max((max(r.attempts_per_success(), default=1) for r in view.runs), default=1)
+    xs = list(range(1, top + 1))
+    width = 0.8 / max(1, len(view.runs))
+    for i, run in enumerate(view.runs):
+        counts = Counter(run.attempts_per_success())
+        right.bar([x + (i - (len(view.runs) - 1) / 2) * width for x in xs], [counts.get(x, 0) for x in xs],
+                  width=width, label=run.attendee)
+    right.set_xlabel("attempts needed by a successful increment")
+    right.set_ylabel("increments")
+    right.set_title(f"{view.acknowledged} increments, counter {view.counter}")
+    if 1 < len(view.runs) <= 12:
+        right.legend(frameon=False, fontsize="small")
     return fig

@@ -1,4 +1,4 @@
-"""``statelab.consistency``: the measurements behind lesson 02, against real sidecars.
+"""``statelab.lessons.consistency``: the measurements behind lesson 02, against real sidecars.
 
 Redis tests that stop the replica or restart the sidecar get a stack of their own; the others use the
 shared stacks of conftest. A ``Session`` without a stack stands in for a real daprd (the lesson must then
@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 from conftest import make_stack
 
-from statelab import consistency
+from statelab import plots
+from statelab.lessons import consistency
 from statelab.session import Session
 
 SAMPLES = 100
@@ -126,7 +127,7 @@ def test_plot_latencies_draws_one_curve_per_mode_on_a_log_axis(redis_session):
 
     matplotlib.use("Agg")
     timings = consistency.measure_saves(redis_session, 5, progress=False)
-    fig = consistency.plot_latencies(timings)
+    fig = plots.save_latencies(timings)
     ax = fig.axes[0]
     assert ax.get_xscale() == "log"
     labels = [line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")]

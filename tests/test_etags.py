@@ -1,4 +1,4 @@
-"""statelab.etags against real sidecars on every store: traces, races, the retry loop and the live matrix."""
+"""statelab.lessons.etags against real sidecars on every store: traces, races, the retry loop and the live matrix."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import socket
 import pytest
 from conftest import STORE_NAME, free_port_base
 
-from statelab import etags
 from statelab.client import StateClient
 from statelab.errors import StoreNotFound
+from statelab.lessons import etags
 from statelab.local import port_is_free
 from statelab.session import Session
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from statelab import handouts
-from statelab.handouts import HandoutError, stub_code
+from statelab.tools import handouts
+from statelab.tools.handouts import HandoutError, stub_code
 
 ROOT = Path(__file__).resolve().parent.parent
 LABS = ROOT / "labs"

@@ -1,4 +1,4 @@
-"""statelab.howto: the Dapr how-to's snippets run for real against a sidecar on every store, and fixed."""
+"""statelab.lessons.howto: the Dapr how-to's snippets run for real against a sidecar on every store, and fixed."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from statelab import howto
+from statelab.lessons import howto
 from statelab.session import Session
 
 PAGE = Path(__file__).resolve().parent.parent.parent / "shared" / "howto-stateful-service.md"

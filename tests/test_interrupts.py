@@ -11,9 +11,9 @@ from collections.abc import Callable
 import pytest
 from test_labs import good_attempt
 
-from statelab import etags
 from statelab import lab as labmod
 from statelab.client import StateClient
+from statelab.lessons import etags
 from statelab.metrics import Metrics
 from statelab.session import Session
 from statelab.writers import STOP_GRACE_SECONDS, WritersConfig, run_writers

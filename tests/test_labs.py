@@ -12,13 +12,13 @@ import requests
 from conftest import make_stack
 
 from statelab import lab as labmod
-from statelab import runner
 from statelab.client import State, upsert
 from statelab.errors import ETagMismatch, TransactionFailed
-from statelab.handouts import handout_path
 from statelab.lab import Checker
 from statelab.metrics import Metrics
 from statelab.session import Session, open_session
+from statelab.tools import runner
+from statelab.tools.handouts import handout_path
 
 ROOT = Path(__file__).resolve().parent.parent
 LABS = ROOT / "labs"
@@ -333,7 +333,7 @@ def test_transfer_checks_conserve_the_total_on_sqlite_and_measure_a_half_applied
 
 
 def test_the_measurement_check_wants_the_replicated_store(stacks, tmp_path):
-    from statelab import consistency
+    from statelab.lessons import consistency
 
     sqlite = Session(stacks["sqlite"].endpoint, stack=stacks["sqlite"])
     check = _checker("05_consistency_lab", sqlite, tmp_path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from statelab import runner
+from statelab.tools import runner
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "00_howto_as_written.ipynb"
 EXTRA: dict = {}  # papermill parameters beyond the runner's common ones (also for test_notebooks_on_daprd)

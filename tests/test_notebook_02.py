@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from statelab.runner import run_one
+from statelab.tools.runner import run_one
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "02_strong_vs_eventual.ipynb"
 SAMPLES = 100

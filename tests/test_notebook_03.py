@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from statelab.runner import ROOT, run_one
+from statelab.tools.runner import ROOT, run_one
 
 NOTEBOOK = ROOT / "notebooks" / "03_etags_first_write_wins.ipynb"
 EXTRA: dict = {}  # papermill parameters beyond the runner's common ones (also for test_notebooks_on_daprd)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from statelab import runner
+from statelab.tools import runner
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 # papermill parameters beyond the runner's common ones (also for test_notebooks_on_daprd)

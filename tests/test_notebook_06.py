@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from statelab.runner import ROOT, run_one
+from statelab.tools.runner import ROOT, run_one
 
 NOTEBOOK = ROOT / "notebooks" / "06_python_sdk.ipynb"
 EXTRA = {"bulk_keys": 2}  # papermill parameters beyond the runner's common ones (also for test_notebooks_on_daprd)

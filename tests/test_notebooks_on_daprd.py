@@ -26,8 +26,8 @@ import test_notebook_04_05
 import test_notebook_06
 from conftest import daprd_binary
 
-from statelab import runner
 from statelab.session import RUNTIME_ENV, open_session
+from statelab.tools import runner
 
 # Each lesson with the small parameters and the assertions of its statelab test.
 LESSONS: dict[str, tuple[dict, Callable[[dict], None]]] = {

@@ -29,7 +29,9 @@ from typing import Any
 
 import nbformat
 
-ROOT = Path(__file__).resolve().parent.parent
+from statelab.local.paths import REPO
+
+ROOT = REPO
 LABS = ROOT / "labs"
 SOLUTION_TAG = "solution"
 TODO_TAG = "todo"

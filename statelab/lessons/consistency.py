@@ -28,7 +28,6 @@ from statelab.client import EVENTUAL, STRONG
 
 if TYPE_CHECKING:
     import redis
-    from matplotlib.figure import Figure
 
 from statelab.display import html_table
 from statelab.session import Session
@@ -585,31 +584,3 @@ def _replica_value(replica: redis.Redis, session: Session, key: str) -> Any:
 
 
 # --- plots -----------------------------------------------------------------------------------------
-
-
-def plot_latencies(timings: SaveTimings) -> Figure:
-    """ECDF of save latencies per consistency mode, log x-axis, with each median marked."""
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter
-
-    fig, ax = plt.subplots(figsize=(7, 3.8))
-    colours = {STRONG: "tab:red", EVENTUAL: "tab:blue"}
-    for mode in MODES:
-        values = sorted(timings.latency_ms[mode])
-        n = len(values)
-        ax.step(values, [(i + 1) / n for i in range(n)], where="post", color=colours[mode],
-                label=f"{mode} (p50 {timings.p50(mode):.2f} ms)")
-        ax.axvline(timings.p50(mode), color=colours[mode], linestyle=":", linewidth=1)
-    ax.set_xscale("log")
-    plain = FuncFormatter(lambda x, _pos: f"{x:g}")  # 1.5, not 1.5×10⁰
-    ax.xaxis.set_major_formatter(plain)
-    ax.xaxis.set_minor_formatter(plain)
-    ax.set_xlabel("save latency, ms (log scale)")
-    ax.set_ylabel("fraction of saves at or below")
-    ax.set_ylim(0, 1.02)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right")
-    ax.set_title(f"{timings.samples} saves per mode on {timings.store_type or 'the store'}")
-    fig.tight_layout()
-    plt.close(fig)  # the cell's return value displays it, once
-    return fig

@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from statelab.local.paths import REPO
+
+ROOT = REPO
 DEFAULT_OUTPUT = ROOT / "build" / "notebooks"
 
 # Parameters every notebook accepts; notebooks ignore none of them (hygiene test checks they exist).

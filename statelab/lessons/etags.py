@@ -32,7 +32,6 @@ from statelab.errors import DaprError, ETagMismatch, SidecarUnavailable, StackEr
 from statelab.writers import run_threads
 
 if TYPE_CHECKING:
-    from matplotlib.figure import Figure
 
     from statelab.local import Stack
     from statelab.session import Session
@@ -798,20 +797,3 @@ def store_matrix(lab: Session, *, first_port: int = MATRIX_FIRST_PORT, progress:
         source = (f"Local stack: {own} at {lab.endpoint} (this lesson's stack), plus {where}, "
                   f"started for the matrix ({lab.runtime} sidecars, like this lesson's) and stopped again.")
         return observe(columns, source=source, bar=bar)
-
-
-# --- plots ------------------------------------------------------------------------------------------
-
-
-def plot_attempts(demo: RetryDemo) -> Figure:
-    """Bar chart: how many increments needed 1, 2, 3, ... attempts."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 2.8), layout="constrained")
-    plt.close(fig)  # returned, not drawn by pyplot: the cell that shows it displays it once
-    hist = demo.histogram
-    ax.bar([str(k) for k in hist], list(hist.values()), color="#4c72b0")
-    ax.set_xlabel("attempts needed")
-    ax.set_ylabel("increments")
-    ax.set_title(f"{demo.writers} writers, {demo.successes} increments, {demo.lost} lost")
-    return fig

@@ -1,0 +1,78 @@
+"""Calling the learner's functions safely: catching what they raise, naming their own line, fresh keys."""
+
+from __future__ import annotations
+
+import linecache
+import os
+import traceback
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import requests
+
+from statelab.client import StateClient
+
+if TYPE_CHECKING:
+
+    from statelab.session import Session
+
+# --- calling learner code ----------------------------------------------------------------------------
+
+_OWN_FILES = (os.path.dirname(os.path.dirname(__file__)), os.path.dirname(requests.__file__))
+
+
+def name_of(fn: Any) -> str:
+    return getattr(fn, "__name__", None) or type(fn).__name__
+
+
+def call(fn: Any, *args: Any) -> tuple[Any, Exception | None]:
+    """``fn(*args)``: its result, or the exception it raised (never raised here)."""
+    if not callable(fn):
+        return None, TypeError(f"expected a function, got {type(fn).__name__} ({fn!r:.60})")
+    try:
+        return fn(*args), None
+    except Exception as exc:  # noqa: BLE001 - the learner's bug becomes a hint, never a traceback
+        return None, exc
+
+
+def your_line(exc: BaseException) -> str:
+    """`` (at `line`)`` for the last traceback frame in the learner's code, if there is one."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    for frame in reversed(frames):
+        if not frame.filename.startswith(_OWN_FILES) and "site-packages" not in frame.filename:
+            line = (frame.line or linecache.getline(frame.filename, frame.lineno or 0)).strip()
+            if line:
+                return f" (at `{line}`)"
+    return ""
+
+
+def raised(fn: Any, exc: Exception, task: str) -> str:
+    """The hint for a learner function that raised: the TODO stub, or where and what."""
+    name = name_of(fn)
+    if isinstance(exc, NotImplementedError):
+        return f"`{name}()` is still the TODO stub (it raises NotImplementedError). {task}"
+    if isinstance(exc, TypeError) and not callable(fn):
+        return f"{exc}. {task}"
+    return f"`{name}()` raised {type(exc).__name__}: {short(str(exc), 160)}{your_line(exc)}. {task}"
+
+
+def is_placeholder(value: Any) -> bool:
+    return value is None or value is Ellipsis
+
+
+def short(text: str, width: int = 80) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def fresh_key(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def token(session: Session) -> str:
+    return session.client.headers.get("dapr-api-token", "")
+
+
+def client_for(session: Session, endpoint: str | None = None) -> StateClient:
+    """A client of its own (one per thread), with the session's API token."""
+    return StateClient(endpoint or session.endpoint, api_token=token(session), timeout=session.client.timeout)

@@ -1,0 +1,1 @@
+"""Developer tools: the headless notebook runner (``runner``) and the lab handout generator (``handouts``)."""
