@@ -165,7 +165,7 @@ def attempt(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Attempt:
     except DaprGrpcError as err:
         return Attempt(call, err.code().name, _reason(err), err.details() or "")
     except grpc.RpcError as err:  # a raw stub call, not wrapped by the SDK
-        return Attempt(call, err.code().name, "", err.details() or "")  # type: ignore[attr-defined]
+        return Attempt(call, err.code().name, "", err.details() or "")
     return Attempt(call, "OK", result=result)
 
 

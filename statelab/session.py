@@ -39,7 +39,7 @@ class Session:
 
     endpoint: str
     store_name: str = STORE_NAME
-    stack: object | None = None  # statelab.local.Stack, kept untyped so real-Dapr mode never imports it
+    stack: Stack | None = None  # imported for type checking only, so real-Dapr mode never loads statelab.local
     owns_stack: bool = True  # False for the stack of `statelab up` / ./scripts/lab: closing leaves it running
     grpc_endpoint: str | None = None  # the sidecar's gRPC address (for the Dapr SDKs), when known
     client: StateClient = field(init=False)
@@ -51,20 +51,27 @@ class Session:
     def redis(self, index: int = 0) -> redis.Redis:
         """A redis-py client for the local stack's primary (0) or replica ``index``, opened once and kept
         until ``close()`` (lessons read around the sidecar many times; one pool each, not one per call)."""
-        if self.stack is None or getattr(self.stack, "store", None) != "redis":
+        if self.stack is None or self.stack.store != "redis":
             raise StackError("only a session on a local Redis stack can open its Redis servers")
         if index not in self._redis_clients:
             import redis
 
-            self._redis_clients[index] = redis.Redis.from_url(self.stack.redis_url(index), socket_timeout=5)  # type: ignore[attr-defined]
+            self._redis_clients[index] = redis.Redis.from_url(self.stack.redis_url(index), socket_timeout=5)
         client: redis.Redis = self._redis_clients[index]
         return client
+
+    def local_stack(self) -> Stack:
+        """The local stack this session runs on; a clear error on a remote sidecar (nothing here to start or stop)."""
+        if self.stack is None:
+            raise StackError(f"this session talks to a sidecar at {self.endpoint} that statelab did not start: "
+                             "there is no local stack to inspect or control")
+        return self.stack
 
     @property
     def endpoints(self) -> list[str]:
         """Every sidecar (app instance) of this session: the local stack's, or the one endpoint."""
         if self.stack is not None:
-            return list(self.stack.endpoints)  # type: ignore[attr-defined]
+            return list(self.stack.endpoints)
         return [self.endpoint]
 
     @property
@@ -78,7 +85,7 @@ class Session:
         else ``$STATELAB_RUNTIME``'s, else statelab's. Lessons that start extra stacks (lesson 03's store matrix,
         lab 04's second store) use it, so every sidecar of a run is the same kind."""
         if self.stack is not None:
-            return str(getattr(self.stack, "runtime", "statelab"))
+            return self.stack.runtime
         return os.environ.get(RUNTIME_ENV) or "statelab"
 
     @property
@@ -92,7 +99,7 @@ class Session:
     def describe(self) -> str:
         if self.stack is not None:
             verb = "Started" if self.owns_stack else "Connected to the"
-            return f"{verb} " + self.stack.describe()  # type: ignore[attr-defined]
+            return f"{verb} " + self.stack.describe()
         meta = self.client.metadata()
         runtime = meta.get("runtimeVersion", "?")
         kind = "the statelab sidecar" if str(runtime).startswith("statelab") else f"Dapr {runtime}"
@@ -111,16 +118,18 @@ class Session:
             return {"key": None, "where": self.endpoint,
                     "note": "a real sidecar's store is not ours to open; this needs the local stack"}
         stack = self.stack
-        full_key = f"{stack.app_id}||{key}"  # type: ignore[attr-defined]
-        if stack.store == "redis":  # type: ignore[attr-defined]
+        full_key = f"{stack.app_id}||{key}"
+        if stack.store == "redis":
             r = self.redis(0)
-            fields = {k.decode(): v.decode("utf-8", "replace") for k, v in r.hgetall(full_key).items()}
-            return {"key": full_key, "where": stack.redis_url(0), "type": r.type(full_key).decode(),  # type: ignore[attr-defined]
+            fields = {_text(k): _text(v) for k, v in r.hgetall(full_key).items()}
+            return {"key": full_key, "where": stack.redis_url(0), "type": _text(r.type(full_key)),
                     "fields": fields, "ttl": r.ttl(full_key)}
-        if stack.store == "sqlite":  # type: ignore[attr-defined]
+        if stack.store == "sqlite":
             import sqlite3
 
-            db = Path(stack.run_dir) / "state.db"  # type: ignore[attr-defined]
+            if stack.run_dir is None:
+                return {"key": full_key, "where": "nowhere yet", "note": "the local stack has not been started"}
+            db = Path(stack.run_dir) / "state.db"
             with sqlite3.connect(db) as conn:
                 conn.row_factory = sqlite3.Row
                 row = conn.execute("SELECT * FROM state WHERE key = ?", (full_key,)).fetchone()
@@ -134,7 +143,12 @@ class Session:
             client.close()
         self._redis_clients.clear()
         if self.stack is not None and self.owns_stack:
-            self.stack.stop()  # type: ignore[attr-defined]
+            self.stack.stop()
+
+
+def _text(value: bytes | str) -> str:
+    """redis-py answers bytes unless a client decodes; say which text it was either way."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 def open_session(

@@ -107,7 +107,8 @@ class Checker:
     @contextmanager
     def _watching_http(self) -> Iterator[list[Exchange]]:
         """The exchanges made through this checker's ``http()`` sessions inside the block."""
-        self._wire = seen = []
+        seen: list[Exchange] = []
+        self._wire = seen
         try:
             yield seen
         finally:

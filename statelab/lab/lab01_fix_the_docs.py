@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import requests
 
 from statelab.client import LAST_WRITE
-from statelab.lab.learner_code import call, fresh_key, raised, short, your_line
+from statelab.lab.learner_code import call, current_etag, fresh_key, raised, short, your_line
 from statelab.lab.recording import Exchange, exchange_of
 from statelab.lab.results import CheckResult, failed, passed
 
@@ -77,7 +77,7 @@ def check_get(ck: Checker, get: Any) -> CheckResult:
     client = ck.session.client
     key, value = fresh_key("lab01-get"), {"item": "tea", "qty": 1}
     client.save(ck.store, key, value)
-    etag = client.get(ck.store, key).etag  # type: ignore[union-attr]
+    etag = current_etag(client, ck.store, key)
     with ck._watching_http() as wire:
         out, exc = call(get, ck.url, key)
     if exc is not None:
@@ -129,7 +129,7 @@ def check_delete(ck: Checker, delete: Any) -> CheckResult:
         return failed("delete", f"The key is gone, but `delete()` returned {out!r}: return True when the sidecar "
                                  "answers 204.")
     client.save(store, key, "v1")
-    stale = client.get(store, key).etag  # type: ignore[union-attr]
+    stale = current_etag(client, store, key)
     client.save(store, key, "v2")  # someone else saves: `stale` is now old
     with ck._watching_http() as wire:
         out, exc = call(delete, ck.url, key, stale)

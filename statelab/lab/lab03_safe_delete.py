@@ -10,7 +10,7 @@ from statelab.errors import (
     DaprError,
     ETagMismatch,
 )
-from statelab.lab.learner_code import call, fresh_key, is_placeholder, raised, short, your_line
+from statelab.lab.learner_code import call, current_etag, fresh_key, is_placeholder, raised, short, your_line
 from statelab.lab.recording import recording_client
 from statelab.lab.results import CheckResult, failed, passed
 from statelab.writers import run_threads
@@ -34,7 +34,7 @@ def check_safe_delete(ck: Checker, safe_delete: Any) -> CheckResult:
     client, store = ck.session.client, ck.store
     key = fresh_key("lab03-cart")
     client.save(store, key, {"items": []})
-    etag = client.get(store, key).etag  # type: ignore[union-attr]
+    etag = current_etag(client, store, key)
     rc = recording_client(ck.session)
     _, exc = call(safe_delete, rc, store, key, etag)
     if exc is not None:
@@ -44,7 +44,7 @@ def check_safe_delete(ck: Checker, safe_delete: Any) -> CheckResult:
                                       + SAFE_DELETE_TASK)
     # A reads (etag), B adds an item, A deletes with what it read.
     client.save(store, key, {"items": []})
-    stale = client.get(store, key).etag  # type: ignore[union-attr]
+    stale = current_etag(client, store, key)
     client.save(store, key, {"items": ["coffee"]})
     rc = recording_client(ck.session)
     out, exc = call(safe_delete, rc, store, key, stale)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import requests
 
 from statelab.client import StateClient
+from statelab.errors import StackError
 
 if TYPE_CHECKING:
 
@@ -76,3 +77,11 @@ def token(session: Session) -> str:
 def client_for(session: Session, endpoint: str | None = None) -> StateClient:
     """A client of its own (one per thread), with the session's API token."""
     return StateClient(endpoint or session.endpoint, api_token=token(session), timeout=session.client.timeout)
+
+
+def current_etag(client: StateClient, store: str, key: str) -> str:
+    """The ETag of a key a check has just saved (a check prepares the store before calling learner code)."""
+    state = client.get(store, key)
+    if state is None or not state.etag:
+        raise StackError(f"the sidecar lost {key!r} right after saving it, or gave it no ETag")
+    return state.etag

@@ -305,8 +305,8 @@ class ReplicaDown:
         if not self.strong_ok:
             return f"The strong save failed while the replica was down: {self.strong_error}"
         return (
-            f"With the replica down, the strong save still answered 204, after {self.strong_seconds:.2f} s "
-            f"(the eventual one took {self.eventual_seconds * 1000:.1f} ms). The primary ran "
+            f"With the replica down, the strong save still answered 204, after {self.strong_seconds or 0:.2f} s "
+            f"(the eventual one took {(self.eventual_seconds or 0) * 1000:.1f} ms). The primary ran "
             f"{_count(self.wait_calls, 'WAIT')}; asked the same question, WAIT answers that "
             f"{_count(self.wait_reply, 'replica')} acknowledged, and Dapr does not look at that answer. "
             + ("Restarted, the replica caught up." if self.replica_caught_up else "Restarted, the replica had not caught up.")
@@ -329,13 +329,13 @@ def save_with_replica_down(session: Session, *, progress: bool = True) -> Replic
 
     from statelab.errors import DaprError
 
-    stack = session.stack
+    stack = session.local_stack()
     primary = _redis(session, 0)
     key = f"consistency-lonely-{uuid.uuid4().hex[:8]}"
     result = ReplicaDown()
     steps = tqdm(total=5, desc="replica down", disable=not progress)
     try:
-        stack.stop_replica(0)  # type: ignore[union-attr]
+        stack.stop_replica(0)
         steps.update()
         waits_before = _wait_calls(primary)
         started = time.perf_counter()
@@ -360,8 +360,8 @@ def save_with_replica_down(session: Session, *, progress: bool = True) -> Replic
         result.wait_reply = _ask_wait(primary)
         steps.update()
     finally:
-        if "redis-1" not in stack.pids:  # type: ignore[union-attr]
-            stack.start_replica(0)  # type: ignore[union-attr]
+        if "redis-1" not in stack.pids:
+            stack.start_replica(0)
         steps.update()
         steps.close()
     result.replica_caught_up = _replica_value(_redis(session, 1), session, key) == "saved anyway"
@@ -404,16 +404,16 @@ def replica_count_is_read_once(session: Session, *, progress: bool = True) -> Re
         return ReadOnce(skipped=f"Skipped: {reason}")
     from tqdm.auto import tqdm
 
-    stack = session.stack
+    stack = session.local_stack()
     primary = _redis(session, 0)
     key = f"consistency-once-{uuid.uuid4().hex[:8]}"
     result = ReadOnce()
     steps = tqdm(total=4, desc="restarts", disable=not progress)
     try:
-        stack.stop_replica(0)  # type: ignore[union-attr]
+        stack.stop_replica(0)
         _restart_sidecar(session)  # it now counts 0 replicas, and keeps that number
         steps.update()
-        stack.start_replica(0)  # type: ignore[union-attr]
+        stack.start_replica(0)
         result.connected_replicas = int(primary.info("replication").get("connected_slaves", 0))
         result.waits_started_without_replica = _waits_for_one_strong_save(session, primary, key)
         steps.update()
@@ -422,9 +422,9 @@ def replica_count_is_read_once(session: Session, *, progress: bool = True) -> Re
         result.waits_started_with_replica = _waits_for_one_strong_save(session, primary, key)
         steps.update()
     finally:
-        pids = stack.pids  # type: ignore[union-attr]
+        pids = stack.pids
         if "redis-1" not in pids:
-            stack.start_replica(0)  # type: ignore[union-attr]
+            stack.start_replica(0)
         if "sidecar-0" not in pids or result.waits_started_with_replica is None:
             _restart_sidecar(session)  # a sidecar that started without the replica must not stay behind
         steps.close()
@@ -432,10 +432,10 @@ def replica_count_is_read_once(session: Session, *, progress: bool = True) -> Re
 
 
 def _restart_sidecar(session: Session) -> None:
-    stack = session.stack
-    if "sidecar-0" in stack.pids:  # type: ignore[union-attr]
-        stack.kill_sidecar(0, signal.SIGTERM)  # type: ignore[union-attr]
-    stack.start_sidecar(0)  # type: ignore[union-attr]
+    stack = session.local_stack()
+    if "sidecar-0" in stack.pids:
+        stack.kill_sidecar(0, signal.SIGTERM)
+    stack.start_sidecar(0)
     session.client.wait_until_ready(timeout=30)
 
 
@@ -537,7 +537,7 @@ def _error_code(resp: Any) -> str:
 
 
 def _is_local_redis(session: Session) -> bool:
-    return session.local and getattr(session.stack, "store", None) == "redis"
+    return session.stack is not None and session.stack.store == "redis"
 
 
 def _replica_skip_reason(session: Session) -> str:
@@ -546,7 +546,7 @@ def _replica_skip_reason(session: Session) -> str:
         return NOT_LOCAL
     if not _is_local_redis(session):
         return NOT_REDIS
-    if getattr(session.stack, "redis_replicas", 0) < 1:
+    if session.stack is None or session.stack.redis_replicas < 1:
         return NO_REPLICA
     return ""
 

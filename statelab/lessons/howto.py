@@ -860,7 +860,9 @@ def header_probe(lab: Any, key: str = "howto-probe") -> HeaderProbe:
                   lambda: http.post(url, json=[{"key": key, "value": 2}], headers={"consistency": "strong"}, timeout=10)),
         ]
         http.delete(f"{url}/{key}", timeout=10)
-    return HeaderProbe(*rows, waits_measured=rows[2].redis_waits is not None)
+    query_delete, header_delete, options_save, header_save = rows
+    return HeaderProbe(query_delete, header_delete, options_save, header_save,
+                       waits_measured=options_save.redis_waits is not None)
 
 
 # --- all snippets at a glance --------------------------------------------------------------------------------------

@@ -65,8 +65,9 @@ def stub_code(source: str) -> str:
         raise HandoutError(f"solution cell does not parse: {exc}") from None
     lines = source.splitlines()
     first = tree.body[0].lineno if tree.body else len(lines) + 1
-    if tree.body and getattr(tree.body[0], "decorator_list", None):
-        first = min(d.lineno for d in tree.body[0].decorator_list)  # type: ignore[attr-defined]
+    head = tree.body[0] if tree.body else None
+    if isinstance(head, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and head.decorator_list:
+        first = min(d.lineno for d in head.decorator_list)
     out = [ln for ln in lines[: first - 1] if ln.strip().startswith("#")]
     for node in tree.body:
         if isinstance(node, (ast.Import, ast.ImportFrom)):
