@@ -31,7 +31,7 @@ from dapr.clients.exceptions import DaprGrpcError
 
 from statelab.display import html_table
 
-# Fixed sentences for the gRPC statuses a lesson meets (dapr-state-api.md §7).
+# Fixed sentences for the gRPC statuses a lesson meets (docs/dapr-behaviour.md §13).
 MEANING: dict[str, str] = {
     "OK": "done",
     "ABORTED": "ABORTED: the ETag did not match, or first-write found the key already there; nothing was "
@@ -209,7 +209,7 @@ def bulk(items: Sequence[Any]) -> BulkView:
 
 @dataclass
 class Comparison:
-    """The same values written over one protocol and read over both (dapr-state-api.md §4)."""
+    """The same values written over one protocol and read over both (docs/dapr-behaviour.md §10)."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
 

@@ -41,7 +41,7 @@ def check_metrics(m: dict) -> None:
     assert m["transaction_conflict_code"] == ["INTERNAL", "ERR_STATE_TRANSACTION"]
     assert m["bulk_found"] == ["b", "c", "order-100", "order-101"]
 
-    # one store, two protocols (dapr-state-api.md §4)
+    # one store, two protocols (docs/dapr-behaviour.md §10)
     assert m["http_saved_read_by_sdk"] == '"hello"'
     assert m["sdk_saved_read_over_http"] == "hello"
     assert m["sdk_saved_http_content_type"] == "application/json"

@@ -136,7 +136,7 @@ def check_create_if_absent(ck: Checker, create: Any, creators: int) -> CheckResu
                                        f"others got {', '.join(map(str, losers))}.")
 
 
-LOSER_STATUS = {"redis": 500, "sqlite": 409, "in-memory": 409}  # dapr-state-api.md §6, first-write over a first-write key
+LOSER_STATUS = {"redis": 500, "sqlite": 409, "in-memory": 409}  # first-write over a first-write key: docs/dapr-behaviour.md §12
 
 
 def check_loser_status(ck: Checker, loser_status: Any) -> CheckResult:

@@ -5,7 +5,7 @@ Redis replica directly, stopping it, counting ``WAIT`` in the primary's ``INFO c
 the sidecar) check ``session.local`` and come back with a ``skipped`` sentence when the lesson runs
 against a real sidecar, whose store is not ours to open.
 
-What the stores do with ``strong`` (dapr-state-api.md §6): ``state.redis`` sends ``WAIT <replicas> 1000``
+What the stores do with ``strong`` (docs/dapr-behaviour.md §12): ``state.redis`` sends ``WAIT <replicas> 1000``
 after a strong save and ignores the answer, with ``<replicas>`` read once when the sidecar starts;
 ``state.sqlite`` and ``state.in-memory`` validate the word and do nothing else.
 """
@@ -55,7 +55,7 @@ DOCS_CLAIMS = [
 ]
 
 # What the three stores' code does (dapr/components-contrib state/redis/redis.go Set and Init,
-# state/sqlite, state/in-memory; dapr-state-api.md §6).
+# state/sqlite, state/in-memory; docs/dapr-behaviour.md §12).
 STRONG_BY_STORE = [
     {
         "store": "state.redis",
