@@ -42,7 +42,7 @@ from functools import partial
 from pathlib import Path
 
 from benchmarks import hey, writers_scaling
-from statelab.local import Stack, on_free_ports
+from statelab.local import Stack, free_port_block, on_free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 BASELINE = ROOT / "benchmarks" / "baseline.json"
@@ -121,15 +121,9 @@ def _latency_summary(results: list[hey.HeyResult]) -> dict:
                        for r in results]}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def scenario_latency(seconds: float, rounds: int, daprd: str | None, warm_up: float = 2) -> dict:
     """Scenario 1 against the statelab sidecar, daprd and the floor, in interleaved rounds of ``seconds``."""
-    port = _free_port()
+    port = free_port_block(1)
     floor = subprocess.Popen([sys.executable, "-m", "benchmarks.floor", str(port)], cwd=ROOT)
     loads = len(_load_samples)
     try:

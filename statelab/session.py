@@ -216,20 +216,17 @@ def _recorded_stack(endpoint: str) -> Stack | None:
 
 def _start_local_stack(store: str, replicas: int, sidecars: int, app_id: str, run_dir: Path | None,
                        runtime: str) -> Stack:
-    """A Stack on the first free block of the fixed ports: 3500/6380, else 3510/6390, ... (never ephemeral)."""
-    from statelab.local import Runtime, Stack, Store, port_is_free
+    """A Stack on the first free block of the usual ports: 3500/6380, else 3510/6390, ... (never ephemeral)."""
+    from statelab.local import Runtime, Stack, Store, on_free_ports
 
-    for step in range(0, 200, 10):
-        stack = Stack(
-            store=cast(Store, store),  # Stack checks the name itself
-            replicas=replicas,
-            sidecars=sidecars,
-            app_id=app_id,
-            http_port=3500 + step,
-            redis_port=6380 + step,
-            run_dir=run_dir,
-            runtime=cast(Runtime, runtime),  # checked by open_session
-        )
-        if all(port_is_free(p) for p in stack.ports):
-            return stack.start()
-    raise StackError("no free ports for a local stack between 3500 and 3700 / 6380 and 6580")
+    stack = Stack(
+        store=cast(Store, store),  # Stack checks the name itself
+        replicas=replicas,
+        sidecars=sidecars,
+        app_id=app_id,
+        http_port=3500,
+        redis_port=6380,
+        run_dir=run_dir,
+        runtime=cast(Runtime, runtime),  # checked by open_session
+    )
+    return on_free_ports(stack, step=10).start()
