@@ -97,7 +97,7 @@ def connect(sidecar: Sidecar, *, timeout: float = 30.0) -> DaprClient:
 
 
 @dataclass
-class Attempt:
+class SdkCall:
     """One SDK call and how the sidecar answered: ``code`` is ``OK`` or the gRPC status name."""
 
     call: str
@@ -124,11 +124,11 @@ class Attempt:
         return self.text()
 
     def _repr_html_(self) -> str:
-        return Attempts([self])._repr_html_()
+        return SdkCalls([self])._repr_html_()
 
 
-class Attempts(list):
-    """Several ``Attempt``s shown as one table."""
+class SdkCalls(list):
+    """Several ``SdkCall``s shown as one table."""
 
     def __repr__(self) -> str:
         return "\n".join(a.text() for a in self)
@@ -157,16 +157,16 @@ def _short(value: Any) -> str:
     return repr(value)
 
 
-def attempt(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Attempt:
-    """Call an SDK method; a ``DaprGrpcError`` (or any gRPC error) becomes an ``Attempt`` with its status."""
+def attempt(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> SdkCall:
+    """Call an SDK method; a ``DaprGrpcError`` (or any gRPC error) becomes an ``SdkCall`` with its status."""
     call = _label(fn, args, kwargs)
     try:
         result = fn(*args, **kwargs)
     except DaprGrpcError as err:
-        return Attempt(call, err.code().name, _reason(err), err.details() or "")
+        return SdkCall(call, err.code().name, _reason(err), err.details() or "")
     except grpc.RpcError as err:  # a raw stub call, not wrapped by the SDK
-        return Attempt(call, err.code().name, "", err.details() or "")
-    return Attempt(call, "OK", result=result)
+        return SdkCall(call, err.code().name, "", err.details() or "")
+    return SdkCall(call, "OK", result=result)
 
 
 def _reason(err: DaprGrpcError) -> str:
@@ -208,7 +208,7 @@ def bulk(items: Sequence[Any]) -> BulkView:
 
 
 @dataclass
-class Comparison:
+class ProtocolComparison:
     """The same values written over one protocol and read over both (docs/dapr-behaviour.md §10)."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
@@ -239,7 +239,7 @@ class Comparison:
         )
 
 
-def compare_protocols(client: DaprClient, session: Any, store: str, *, prefix: str = "xproto") -> Comparison:
+def compare_protocols(client: DaprClient, session: Any, store: str, *, prefix: str = "xproto") -> ProtocolComparison:
     """Write three values - over HTTP, with the SDK, with the SDK and ``contentType: application/json`` -
     and read each back over HTTP (raw body and Content-Type) and with the SDK (bytes)."""
     keys = {name: f"{prefix}-{name}-{uuid.uuid4().hex[:6]}" for name in ("http", "raw", "json")}
@@ -250,7 +250,7 @@ def compare_protocols(client: DaprClient, session: Any, store: str, *, prefix: s
     sent = {"http": '[{"key": …, "value": "hello"}]', "raw": "save_state(…, 'hello')",
             "json": f"save_state(…, '{doc}', contentType)"}
     written = {"http": "HTTP", "raw": "SDK", "json": "SDK + contentType"}
-    comparison = Comparison()
+    comparison = ProtocolComparison()
     for name, key in keys.items():
         resp = session.client.request("GET", f"/v1.0/state/{store}/{key}")
         comparison.rows.append({
@@ -265,4 +265,4 @@ def compare_protocols(client: DaprClient, session: Any, store: str, *, prefix: s
     return comparison
 
 
-__all__ = ["Attempt", "Attempts", "BulkView", "Comparison", "attempt", "bulk", "compare_protocols", "connect", "text"]
+__all__ = ["SdkCall", "SdkCalls", "BulkView", "ProtocolComparison", "attempt", "bulk", "compare_protocols", "connect", "text"]

@@ -449,7 +449,7 @@ def _waits_for_one_strong_save(session: Session, primary: redis.Redis, key: str)
 
 
 @dataclass
-class Attempt:
+class RawRequest:
     """One raw request and what came back."""
 
     name: str  # short handle, e.g. "header save"
@@ -466,10 +466,10 @@ class Attempt:
 class HeaderCheck:
     """Consistency sent as an HTTP header (as the how-to page does) next to where daprd reads it."""
 
-    attempts: list[Attempt] = field(default_factory=list)
+    attempts: list[RawRequest] = field(default_factory=list)
     skipped: str = ""  # why WAITs were not counted
 
-    def __getitem__(self, name: str) -> Attempt:
+    def __getitem__(self, name: str) -> RawRequest:
         for attempt in self.attempts:
             if attempt.name == name:
                 return attempt
@@ -520,7 +520,7 @@ def check_header(session: Session) -> HeaderCheck:
         before = _wait_calls(primary) if primary is not None else None
         resp = session.client.request(method, url, params=params, headers=headers, json_body=body)
         waits = _wait_calls(primary) - before if primary is not None and before is not None else None
-        result.attempts.append(Attempt(name, words, resp.status_code, _error_code(resp), waits))
+        result.attempts.append(RawRequest(name, words, resp.status_code, _error_code(resp), waits))
     session.client.delete(session.store_name, key)
     return result
 

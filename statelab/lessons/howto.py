@@ -332,7 +332,7 @@ SNIPPETS: dict[str, Snippet] = {
 
 
 @dataclass
-class Call:
+class SnippetCall:
     """One HTTP exchange a snippet made, as it went over the wire."""
 
     method: str
@@ -383,7 +383,7 @@ class Call:
 
 
 @dataclass
-class Finding:
+class SnippetFinding:
     code: str
     sentence: str
 
@@ -396,7 +396,7 @@ class Run:
     source: str  # the text that ran, after the endpoint and the stage's fixes were applied
     fixes: list[Rewrite]
     given: dict[str, str | None]
-    calls: list[Call]
+    calls: list[SnippetCall]
     printed: list[str]
     exception: str | None  # e.g. "KeyError: ' \"key\"'"
     exception_type: str | None
@@ -407,7 +407,7 @@ class Run:
     before: dict[str, Any]  # watched key -> value (None = absent)
     after: dict[str, Any]
     redis_waits: int | None  # WAIT commands Redis ran meanwhile (local Redis stack only)
-    findings: list[Finding] = field(default_factory=list)
+    findings: list[SnippetFinding] = field(default_factory=list)
     new_fixes: list[Rewrite] = field(default_factory=list)  # the fixes this stage adds to the previous one
 
     @property
@@ -517,7 +517,7 @@ class _Wire:
         self._session = requests.Session()
         self._session.headers.update(headers)  # the session's dapr-api-token, if any (never recorded)
         self._deadline = deadline
-        self.calls: list[Call] = []
+        self.calls: list[SnippetCall] = []
 
     def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
         if time.monotonic() > self._deadline:
@@ -546,7 +546,7 @@ class _Wire:
         self._session.close()
 
 
-def _record(method: str, resp: requests.Response, sent_headers: dict) -> Call:
+def _record(method: str, resp: requests.Response, sent_headers: dict) -> SnippetCall:
     body = resp.request.body or b""
     request_body = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body)
     error_code = ""
@@ -557,7 +557,7 @@ def _record(method: str, resp: requests.Response, sent_headers: dict) -> Call:
             pass
     # Header names are case-insensitive on the wire (daprd writes Go's canonical "Etag"); record one spelling.
     kept = {name: resp.headers[name] for name in ("ETag", "Content-Type") if name in resp.headers}
-    return Call(
+    return SnippetCall(
         method, resp.request.url or "", {str(k): str(v) for k, v in sent_headers.items()}, request_body,
         resp.status_code, error_code, kept, resp.text,
     )
@@ -701,42 +701,42 @@ def _redis_waits(lab: Any) -> int | None:
 # --- diagnosis ----------------------------------------------------------------------------------------------------
 
 
-def diagnose(run: Run) -> list[Finding]:
+def diagnose(run: Run) -> list[SnippetFinding]:
     """What went wrong in ``run``, most telling first, each as one sentence; empty when nothing did."""
-    found: list[Finding] = []
+    found: list[SnippetFinding] = []
     posts = [c for c in run.calls if c.method == "POST"]
     if run.stopped:
         if posts and all(c.status == 204 for c in posts):
-            found.append(Finding("endless_204", (
+            found.append(SnippetFinding("endless_204", (
                 f"Every save succeeded with 204, but `save_state` counts only 200 as success, so the loop never ends: "
                 f"it was still retrying after {run.attempts} successful saves when the {run.timeout:g} s timeout stopped it."
             )))
         else:
             statuses = sorted({c.status for c in posts})
-            found.append(Finding("endless_rejected", (
+            found.append(SnippetFinding("endless_rejected", (
                 f"Every save is refused ({', '.join(map(str, statuses)) or 'no answer'}) and `save_state` turns that "
                 f"into False, so the loop repeats a request that can never succeed ({run.attempts} attempts before the stop)."
             )))
     not_found = next((c for c in run.calls if c.error_code == "ERR_STATE_STORE_NOT_FOUND"), None)
     if not_found is not None:
-        found.append(Finding("store_not_found", (
+        found.append(SnippetFinding("store_not_found", (
             f"There is no state store called `{not_found.store}`: `dapr init` names its store `statestore`, "
             f"so the sidecar answers 400 ERR_STATE_STORE_NOT_FOUND."
         )))
     if run.exception_type == "KeyError" and ".format(" in (run.exception_line or "") and "headers[" not in (run.exception_line or ""):
-        found.append(Finding("format_keyerror", (
+        found.append(SnippetFinding("format_keyerror", (
             f"`str.format` reads every `{{` of the JSON template as a placeholder, so it raises {run.exception} "
             f"before any request is sent."
         )))
     double = next((c for c in posts if c.error_code == "ERR_MALFORMED_REQUEST" and _is_json_string(c.request_body)), None)
     if double is not None:
-        found.append(Finding("double_encoded", (
+        found.append(SnippetFinding("double_encoded", (
             "The body is already a JSON string and `json=` encodes it a second time: the sidecar receives one "
             "JSON string instead of an array of items and answers 400 ERR_MALFORMED_REQUEST."
         )))
     stale = next((c for c in run.calls if c.method == "DELETE" and c.status == 409), None)
     if stale is not None:
-        found.append(Finding("stale_etag", (
+        found.append(SnippetFinding("stale_etag", (
             "The DELETE sends the ETag read before the save; that save made a new version, so the sidecar refuses "
             f"the delete with 409 and `{stale.key}` stays."
         )))
@@ -744,7 +744,7 @@ def diagnose(run: Run) -> list[Finding]:
     if missing is not None:
         tail = (f", so `response.headers['ETag']` raises {run.exception}" if run.exception_type == "KeyError"
                 and "headers[" in (run.exception_line or "") else "")
-        found.append(Finding("missing_key", (
+        found.append(SnippetFinding("missing_key", (
             f"Nobody saved `{missing.key}` (the page saves `k1`): the GET answers 204 with no body and no ETag header{tail}."
         )))
     nothing = next((c for c in run.calls if c.method == "DELETE" and c.status == 204 and c.key in run.before
@@ -752,12 +752,12 @@ def diagnose(run: Run) -> list[Finding]:
     if nothing is not None:
         others = [k for k, v in run.after.items() if v is not None]
         still = f", and `{others[0]}` is still there" if others else ""
-        found.append(Finding("deleted_nothing", (
+        found.append(SnippetFinding("deleted_nothing", (
             f"Nobody saved `{nothing.key}` (the page saves `k1`): the DELETE answers 204 all the same{still}."
         )))
     refused = [c for c in run.calls if c.status >= 400]
     if refused and not run.exception and not run.stopped:
-        found.append(Finding("unchecked", (
+        found.append(SnippetFinding("unchecked", (
             f"The snippet never looks at the answers: {refused[0].method} got {refused[0].status} and the code went on "
             "as if it had worked."
         )))
@@ -772,7 +772,7 @@ def diagnose(run: Run) -> list[Finding]:
                     sentence = (f"`{name}` went as an HTTP header, which the sidecar ignores: it reads `?{name}=` "
                                 "from the query string, and this request carried none.")
                 if all(f.sentence != sentence for f in found):
-                    found.append(Finding("header_ignored", sentence))
+                    found.append(SnippetFinding("header_ignored", sentence))
     return found
 
 
