@@ -1,9 +1,11 @@
 """What a notebook's setup cell calls: connect to a Dapr sidecar, or start the local stack.
 
-``open_session(endpoint)`` uses, in order: the ``endpoint`` argument, ``DAPR_HTTP_ENDPOINT`` or
-``DAPR_HTTP_PORT`` (a real ``dapr run`` sidecar, or the stack that ``./scripts/lab`` started), else it
-starts a local stack of its own on the first free ports from 3500 up, which stops when the kernel exits. Either way the lesson
-talks to the sidecar over the Dapr HTTP API only, so it runs the same against real Dapr.
+``open_session(endpoint, store=..., replicas=..., sidecars=...)`` uses the ``endpoint`` argument if given;
+else ``DAPR_HTTP_ENDPOINT`` or ``DAPR_HTTP_PORT`` (a real ``dapr run`` sidecar, or the stack that
+``./scripts/lab`` started, unless that stack runs another store or topology than the notebook asks for); else
+it starts a local stack of its own on the first free ports from 3500 up, which stops when the kernel exits.
+The session's one-line description says which, and what a sidecar it did not start cannot honour. Either
+way the lesson talks to the sidecar over the Dapr HTTP API only, so it runs the same against real Dapr.
 
 The local stack's sidecars are statelab's unless ``runtime="daprd"`` (or ``STATELAB_RUNTIME=daprd`` in the
 environment, which is how ``./scripts/run-notebooks --runtime daprd`` reaches every kernel without a notebook
@@ -42,6 +44,7 @@ class Session:
     stack: Stack | None = None  # imported for type checking only, so real-Dapr mode never loads statelab.local
     owns_stack: bool = True  # False for the stack of `statelab up` / ./scripts/lab: closing leaves it running
     grpc_endpoint: str | None = None  # the sidecar's gRPC address (for the Dapr SDKs), when known
+    notes: list[str] = field(default_factory=list)  # why this sidecar, and what it cannot do that was asked
     client: StateClient = field(init=False)
     _redis_clients: dict[int, Any] = field(init=False, default_factory=dict, repr=False)
 
@@ -99,11 +102,14 @@ class Session:
     def describe(self) -> str:
         if self.stack is not None:
             verb = "Started" if self.owns_stack else "Connected to the"
-            return f"{verb} " + self.stack.describe()
-        meta = self.client.metadata()
-        runtime = meta.get("runtimeVersion", "?")
-        kind = "the statelab sidecar" if str(runtime).startswith("statelab") else f"Dapr {runtime}"
-        return f"Connected to {kind} at {self.endpoint} (app id {meta.get('id', '?')}, store type {self.store_type})"
+            line = f"{verb} " + self.stack.describe()
+        else:
+            meta = self.client.metadata()
+            runtime = meta.get("runtimeVersion", "?")
+            kind = "the statelab sidecar" if str(runtime).startswith("statelab") else f"Dapr {runtime}"
+            line = (f"Connected to {kind} at {self.endpoint} (app id {meta.get('id', '?')}, "
+                    f"store type {self.store_type})")
+        return "\n".join([line, *self.notes])
 
     def __repr__(self) -> str:
         return self.describe()
@@ -154,35 +160,112 @@ def _text(value: bytes | str) -> str:
 def open_session(
     endpoint: str | None = None,
     *,
-    store: str = "redis",
-    replicas: int = 1,
-    sidecars: int = 1,
-    app_id: str = "myapp",
+    store: str | None = None,
+    replicas: int | None = None,
+    sidecars: int | None = None,
+    app_id: str | None = None,
     run_dir: str | os.PathLike | None = None,
     runtime: str | None = None,
 ) -> Session:
-    """Connect (``endpoint``, else the SDKs' environment) or start a local stack; wait until the sidecar is ready.
+    """Connect to a sidecar, or start a local stack, that runs what the notebook asks for; wait until ready.
 
-    ``dapr run -- jupyter lab`` sets ``DAPR_HTTP_PORT`` for the kernel, ``./scripts/lab`` sets
-    ``DAPR_HTTP_ENDPOINT``; either means "a sidecar is already there". ``runtime`` chooses the sidecars of a
-    stack started here: ``"statelab"`` or ``"daprd"``; None reads ``$STATELAB_RUNTIME`` (default statelab).
+    - ``endpoint`` given: that sidecar, whatever else is asked (``notes`` say what it cannot honour).
+    - ``DAPR_HTTP_ENDPOINT``/``DAPR_HTTP_PORT`` set (``./scripts/lab``, ``dapr run -- jupyter lab``): the sidecar
+      there. If it is ``./scripts/lab``'s stack but runs another store, fewer replicas or another number of
+      sidecars than asked, a stack that matches is started (or reused, in this kernel) on free ports instead,
+      and ``notes`` say so. A sidecar statelab did not start is used as it is; ``notes`` name what differs.
+    - Neither: a local stack of its own on the first free ports from 3500 up, stopped when the kernel exits.
+
+    ``store``, ``replicas``, ``sidecars`` and ``app_id`` left at None ask for nothing: any sidecar found will do,
+    and a stack started here gets ``redis``, 1 replica, 1 sidecar, ``myapp``.
+    ``runtime`` chooses the sidecars of a stack started here: ``"statelab"`` or ``"daprd"``; None reads
+    ``$STATELAB_RUNTIME`` (default statelab). Either way the lesson talks to the sidecar over the Dapr HTTP API
+    only, so it runs the same against real Dapr.
     """
-    runtime = runtime or os.environ.get(RUNTIME_ENV) or "statelab"
+    asked_runtime = runtime or os.environ.get(RUNTIME_ENV)
+    runtime = asked_runtime or "statelab"
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime (or ${RUNTIME_ENV}) must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
+    wanted = Wanted(store, replicas, sidecars, app_id, asked_runtime)
     if not endpoint and (os.environ.get("DAPR_HTTP_ENDPOINT") or os.environ.get("DAPR_HTTP_PORT")):
-        endpoint = default_endpoint()
-        recorded = _recorded_stack(endpoint)
+        found = default_endpoint()
+        recorded = _recorded_stack(found)
         if recorded is not None:  # ./scripts/lab's stack: the lessons may use its Redis and replicas too
-            session = Session(endpoint, stack=recorded, owns_stack=False, grpc_endpoint=recorded.grpc_endpoint)
-            session.client.wait_until_ready(timeout=30)
+            if not (differences := wanted.differences(recorded)):
+                session = Session(found, stack=recorded, owns_stack=False, grpc_endpoint=recorded.grpc_endpoint)
+                session.client.wait_until_ready(timeout=30)
+                return session
+            session = _local_session(wanted, runtime, run_dir)
+            session.notes.append(f"(The stack at {found} runs {'; '.join(differences)}: this notebook started "
+                                 "its own, above, which stops with the kernel.)")
             return session
+        endpoint = found
     if endpoint:
         session = Session(endpoint.rstrip("/"), grpc_endpoint=_grpc_endpoint_from_env())
         session.client.wait_until_ready(timeout=30)
+        session.notes += wanted.cannot_honour(session)
         return session
-    stack = _start_local_stack(store, replicas, sidecars, app_id, Path(run_dir) if run_dir else None, runtime)
-    session = Session(stack.endpoint, stack=stack, grpc_endpoint=stack.grpc_endpoint)
+    return _local_session(wanted, runtime, run_dir)
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """What a notebook's parameters ask of the sidecar; None asks nothing (a new stack gets the default)."""
+
+    store: str | None
+    replicas: int | None
+    sidecars: int | None
+    app_id: str | None
+    runtime: str | None
+
+    def for_new_stack(self) -> tuple[str, int, int, str]:
+        return (self.store or "redis", 1 if self.replicas is None else self.replicas,
+                1 if self.sidecars is None else self.sidecars, self.app_id or "myapp")
+
+    def differences(self, stack: Stack) -> list[str]:
+        """How ``stack`` falls short of what is asked, in words ("sqlite, not redis"); [] when it fits.
+        More replicas than asked fit (a lesson that needs none ignores them); sidecars must match."""
+        out = []
+        if self.store is not None and stack.store != self.store:
+            out.append(f"{stack.store}, not {self.store}")
+        if stack.store == "redis" and self.replicas is not None and stack.replicas < self.replicas:
+            out.append(f"{stack.replicas} Redis replica(s), not {self.replicas}")
+        if self.sidecars is not None and stack.sidecars != self.sidecars:
+            out.append(f"{stack.sidecars} sidecar(s), not {self.sidecars}")
+        if self.app_id is not None and stack.app_id != self.app_id:
+            out.append(f"app id {stack.app_id}, not {self.app_id}")
+        if self.runtime is not None and stack.runtime != self.runtime:
+            out.append(f"{stack.runtime} sidecars, not {self.runtime}")
+        return out
+
+    def cannot_honour(self, session: Session) -> list[str]:
+        """What a sidecar statelab did not start cannot do of what is asked, one sentence each."""
+        out = []
+        store_type = session.store_type
+        if self.store is not None and store_type and store_type != f"state.{self.store}":
+            out.append(f"This notebook asked for store {self.store!r}; this sidecar's {session.store_name!r} is "
+                       f"{store_type}, so it runs on that.")
+        if self.sidecars is not None and self.sidecars > 1:
+            out.append(f"This notebook asked for {self.sidecars} sidecars; a sidecar statelab did not start is one "
+                       "sidecar, so every app instance shares it.")
+        if self.store == "redis" and self.replicas:
+            out.append("This notebook's Redis replica steps need a local stack; on this sidecar they are skipped.")
+        return out
+
+
+_OWN_STACKS: dict[tuple[Wanted, str], Stack] = {}  # stacks started in this kernel, reused by a re-run setup cell
+
+
+def _local_session(wanted: Wanted, runtime: str, run_dir: str | os.PathLike | None) -> Session:
+    key = (wanted, runtime)
+    stack = _OWN_STACKS.get(key)
+    if stack is not None and stack.running and run_dir is None:
+        session = Session(stack.endpoint, stack=stack, owns_stack=False, grpc_endpoint=stack.grpc_endpoint)
+        session.notes.append("(Reused: the setup cell started this stack before, in this kernel.)")
+    else:
+        stack = _start_local_stack(*wanted.for_new_stack(), Path(run_dir) if run_dir else None, runtime)
+        _OWN_STACKS[key] = stack
+        session = Session(stack.endpoint, stack=stack, grpc_endpoint=stack.grpc_endpoint)
     try:
         session.client.wait_until_ready(timeout=30)
     except SidecarUnavailable:
