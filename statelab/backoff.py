@@ -17,6 +17,11 @@ remembers its previous wait, so each writer needs its own copy: call ``policy.ne
 (stateless policies return themselves). Policies compose: ``a + b`` adds two waits and
 ``p.capped(m)`` never waits longer than ``m``; ``policy.bind(rng)`` gives a fresh per-writer
 ``attempt -> seconds`` function in the form ``statelab.lessons.etags`` retry loops take.
+
+``full_jitter(attempt, rng, base, cap)`` is full jitter as a plain function, for code that wants one wait
+without building a policy (``FullJitter`` draws through it). Anything of the form ``(attempt, rng) ->
+seconds`` (a ``BackoffFn``: every policy, or a lab learner's ``backoff``) is what ``statelab.writers.run_writers``
+takes as its ``backoff``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
+
+BackoffFn = Callable[[int, random.Random], float]  # (retry number from 1, rng) -> seconds to wait
 
 POLICY_NAMES = ("none", "constant", "exponential", "full-jitter", "equal-jitter", "decorrelated-jitter")
 
@@ -42,6 +49,18 @@ def _check_base_cap(base: float, cap: float) -> None:
 
 def _exponential(base: float, cap: float, attempt: int) -> float:
     return min(cap, base * 2.0 ** min(attempt, _MAX_EXPONENT))
+
+
+def full_jitter(attempt: int, rng: random.Random, base: float, cap: float) -> float:
+    """Full jitter: a uniform draw in ``[0, min(cap, base * 2**attempt)]``, from ``rng``.
+
+    The same draw as ``rng.uniform(0, min(cap, base * 2**attempt))``, one call cheaper, and no overflow
+    at a huge ``attempt``.
+    """
+    if attempt < 1:
+        raise _bad_attempt(attempt)
+    _check_base_cap(base, cap)
+    return _exponential(base, cap, attempt) * rng.random()
 
 
 class Policy:
@@ -137,9 +156,7 @@ class FullJitter(Policy):
         _check_base_cap(self.base, self.cap)
 
     def delay(self, attempt: int, rng: random.Random) -> float:
-        if attempt < 1:
-            raise _bad_attempt(attempt)
-        return _exponential(self.base, self.cap, attempt) * rng.random()  # uniform(0, x), one call cheaper
+        return full_jitter(attempt, rng, self.base, self.cap)
 
 
 @dataclass(frozen=True)
@@ -198,7 +215,7 @@ class Sum(Policy):
     second: Policy
 
     @property
-    def name(self) -> str:  # type: ignore[override]
+    def name(self) -> str:  # type: ignore[override]  # computed from its parts; the base class has a field
         return f"{self.first.name} + {self.second.name}"
 
     def delay(self, attempt: int, rng: random.Random) -> float:
@@ -221,7 +238,7 @@ class Capped(Policy):
             raise ValueError(f"a cap cannot be negative, got {self.maximum}")
 
     @property
-    def name(self) -> str:  # type: ignore[override]
+    def name(self) -> str:  # type: ignore[override]  # computed from its parts; the base class has a field
         return f"{self.policy.name}, at most {self.maximum:g}"
 
     def delay(self, attempt: int, rng: random.Random) -> float:

@@ -3,6 +3,7 @@
 Stores raise these inside the sidecar, which turns them into Dapr status codes and error bodies.
 The client raises the same classes when the sidecar (ours or a real daprd) answers with an error,
 so a learner catches ``ETagMismatch`` whichever side of the HTTP call they are reading.
+``is_save_conflict`` is the one rule for which refused saves a retry loop re-reads and tries again.
 """
 
 from __future__ import annotations
@@ -90,3 +91,18 @@ class SidecarUnavailable(DaprError):
 
 class SidecarTimeout(SidecarUnavailable):
     """No answer in time: the operation may or may not have happened (outcome unknown)."""
+
+
+def is_save_conflict(exc: BaseException, *, had_etag: bool) -> bool:
+    """Whether a refused save is a conflict worth re-reading and retrying: nothing was written because
+    someone else got there first.
+
+    That is a 409 (``ETagMismatch``: a stale ETag, or first-write finding an existing item), or, on Redis,
+    the ``500 ERR_STATE_SAVE`` a save *without* an ETag gets from a key created with first-write (Redis
+    refuses such a create with 500, not 409: ``docs/dapr-behaviour.md`` §12 and §2.1). ``had_etag``:
+    whether the refused save carried an ETag; with one, a 500 is a real failure, not a conflict.
+    """
+    if isinstance(exc, ETagMismatch):
+        return True
+    return (isinstance(exc, DaprError) and not had_etag and exc.status == 500
+            and exc.error_code == "ERR_STATE_SAVE")

@@ -1,4 +1,4 @@
-"""Concurrent writers against one hot key: the harness behind lessons 04 and 05.
+"""Concurrent writers against one hot key: the one harness behind every concurrent retry loop of statelab.
 
 ``run_writers(endpoints, WritersConfig(...))`` starts N writer threads, spread over the K sidecars
 (app instances) given, each doing M read-modify-write operations: read the key (GET, keeping the ETag),
@@ -7,6 +7,13 @@ ETag under first-write, without under last-write — and on a 409 back off and s
 Every attempt goes into a ``History``; the result carries it, the final values read back, and the
 checker's findings. It never prints; a ``progress`` callback and a ``stop`` event let a widget follow
 and interrupt a run, which then returns what happened so far.
+
+Lessons 04 and 05 and the widgets panel use it as it is. Lesson 03's retry demo, labs 02 and 04 and class
+mode swap its parts and keep its loop: an ``attempt`` strategy does one attempt of an operation on a client
+and says what happened (an ``AttemptOutcome``), or ends the whole run with a hint (``raise AbortRun(hint)``);
+``backoff(n, rng)`` is the wait after failed attempt ``n``; ``client_factory(endpoint)`` makes the clients
+(e.g. a lab's recording client with the API token). The retry loop, each writer's seeded rng, the history,
+gave-up counting, progress and interrupt handling (``run_threads``) live only here.
 
 It speaks the Dapr HTTP API only (``statelab.client``), so it runs the same against real daprd.
 """
@@ -22,12 +29,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from statelab.backoff import Policy, policy_from_name
+from statelab.backoff import BackoffFn, Policy, policy_from_name
 from statelab.client import FIRST_WRITE, LAST_WRITE, StateClient
-from statelab.errors import DaprError, ETagMismatch, SidecarTimeout, SidecarUnavailable
+from statelab.errors import (
+    DaprError,
+    ETagMismatch,
+    SidecarTimeout,
+    SidecarUnavailable,
+    StatelabError,
+    is_save_conflict,
+)
 from statelab.history import CONFLICT, ERROR, OK, UNKNOWN, Attempt, Finding, History, check_append, check_counter
 
 INCREMENT, APPEND = "increment", "append"
+# What a reader of a run needs first (tables show these, the rest one click further): fits a laptop's notebook.
+KEY_COLUMNS = ("concurrency", "writers", "acknowledged", "lost updates", "attempts per success", "conflicts",
+               "wall time s")
 
 
 @dataclass
@@ -79,9 +96,10 @@ class RunResult:
     findings: list[Finding]
     wall_time: float
     stopped_early: bool = False
-    gave_up: int = 0  # operations abandoned after max_attempts
+    gave_up: int = 0  # operations abandoned: max_attempts failed, or an attempt said not to retry
     store_type: str = ""
     notes: list[str] = field(default_factory=list)
+    fatal: str = ""  # the hint of an attempt strategy that ended the run (``AbortRun``); "" if none did
 
     # --- what the lessons and tests read ---------------------------------------------------------
 
@@ -147,13 +165,12 @@ class RunResult:
         return "\n".join([head, *self.notes, *self.sentences()[:5]])
 
     def _repr_html_(self) -> str:
-        from statelab.display import html_table
+        from statelab.display import key_table
 
-        s = self.summary()
         notes = "".join(f"<p>{n}</p>" for n in self.notes)
         found = "".join(f"<li>{f}</li>" for f in self.sentences()[:8])
         more = f"<p>… and {len(self.findings) - 8} more findings.</p>" if len(self.findings) > 8 else ""
-        return html_table(s.keys(), [s.values()]) + notes + f"<ul>{found}</ul>" + more
+        return key_table([self.summary()], KEY_COLUMNS) + notes + f"<ul>{found}</ul>" + more
 
     def metrics(self, prefix: str) -> list[tuple[str, Any, str]]:
         """The numbers a lesson records about this run, as ``(name, value, note)`` for ``Metrics.record_all``."""
@@ -213,6 +230,98 @@ def run_threads(threads: Sequence[threading.Thread], stop: threading.Event | Non
         raise
 
 
+# --- the parts a caller may swap ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WriterTask:
+    """What one attempt is about: which writer, which of its operations, which attempt of it, which key."""
+
+    writer: int
+    op: int  # the writer's operation number, from 0
+    attempt: int  # 1 for the first try of the operation
+    sidecar: int  # index of the endpoint the writer's client talks to
+    key: str  # picked at random from the run's keys, once per operation
+
+    @property
+    def op_id(self) -> str:
+        return f"w{self.writer}-op{self.op}"
+
+
+@dataclass(frozen=True)
+class AttemptOutcome:
+    """What one attempt did, as an attempt strategy reports it (it becomes one ``statelab.history.Attempt``)."""
+
+    outcome: str  # OK, CONFLICT, ERROR or UNKNOWN (statelab.history)
+    status: int | None = None  # HTTP status of the write; None if there was no answer
+    etag: str | None = None  # the version the write was based on
+    detail: str = ""
+    retry: bool = True  # when not OK: try the operation again (at most max_attempts in all); False gives it up now
+
+
+class AbortRun(StatelabError):
+    """Raised by an attempt strategy or a backoff to end the whole run: every writer stops after the request
+    in flight, and the result's ``fatal`` is ``hint`` (e.g. a lab's hint about the learner's code)."""
+
+    def __init__(self, hint: str) -> None:
+        super().__init__(hint)
+        self.hint = hint
+
+
+AttemptStrategy = Callable[[StateClient, WriterTask], AttemptOutcome]  # one attempt of an operation
+ClientFactory = Callable[[str], StateClient]  # endpoint -> a client of its own
+HistoryCheck = Callable[[History, dict[tuple[str, str], Any], dict[int, str]], list[Finding]]
+
+
+def read_modify_write(config: WritersConfig) -> AttemptStrategy:
+    """The default attempt: read the key, add 1 to the counter (or append the operation's id to the list) and
+    save it, with the ETag read under first-write, without under last-write."""
+
+    def attempt(client: StateClient, task: WriterTask) -> AttemptOutcome:
+        try:
+            state = client.get(config.store, task.key)
+        except DaprError as exc:
+            return AttemptOutcome(ERROR, None, None, f"read failed: {exc}")
+        etag = state.etag if state else None
+        current = state.value if state else None
+        if config.mode == INCREMENT:
+            new: Any = (current if isinstance(current, (int, float)) else 0) + 1
+        else:
+            new = [*(current if isinstance(current, list) else []), task.op_id]
+        sent = etag if config.concurrency == FIRST_WRITE else None
+        try:
+            client.save(config.store, task.key, new, etag=sent, concurrency=config.concurrency,
+                        consistency=config.consistency)
+        except SidecarTimeout as exc:
+            return AttemptOutcome(UNKNOWN, None, etag, str(exc))
+        except SidecarUnavailable as exc:
+            return AttemptOutcome(ERROR, None, etag, str(exc))
+        except DaprError as exc:
+            if is_save_conflict(exc, had_etag=sent is not None):
+                return AttemptOutcome(CONFLICT, exc.status or 409, etag, "" if isinstance(exc, ETagMismatch) else str(exc))
+            # A 5xx may have written (e.g. Redis wrote, then WAIT failed): its outcome is unknown.
+            return AttemptOutcome(UNKNOWN if exc.status >= 500 else ERROR, exc.status, etag, str(exc))
+        return AttemptOutcome(OK, 204, etag)
+
+    return attempt
+
+
+def progress_bar(bar: Any) -> Callable[[Progress], None]:
+    """A ``progress`` callback that moves a tqdm ``bar`` (total: all operations) to the operations done."""
+    lock = threading.Lock()
+
+    def show(progress: Progress) -> None:
+        with lock:  # snapshots may arrive out of order from several writers: the bar only moves forward
+            done = sum(progress.done)
+            if done > bar.n:
+                bar.update(done - bar.n)
+
+    return show
+
+
+# --- the harness -------------------------------------------------------------------------------------
+
+
 class _Writer(threading.Thread):
     def __init__(self, index: int, run: _Run) -> None:
         super().__init__(name=f"writer-{index}", daemon=True)
@@ -220,88 +329,73 @@ class _Writer(threading.Thread):
         self.run_ = run
         self.sidecar = index % len(run.endpoints)
         self.rng = random.Random(run.config.seed * 1_000_003 + index)
-        self.backoff = run.policy.new()
+        self.backoff = run.backoff.new() if isinstance(run.backoff, Policy) else run.backoff
         self.attempts: list[Attempt] = []
         self.done = 0
         self.gave_up = 0
-        self._times = (0.0, 0.0)  # start and end of the attempt in progress
 
     def run(self) -> None:
         run = self.run_
-        cfg = run.config
-        with StateClient(run.endpoints[self.sidecar], timeout=cfg.timeout) as client:
-            for op in range(cfg.operations):
-                if run.stop.is_set():
-                    return
-                key = run.keys[self.rng.randrange(len(run.keys))]
-                if not self._operation(client, op, key):
-                    self.gave_up += 1
-                self.done += 1
-                run.report()
+        try:
+            with run.client_factory(run.endpoints[self.sidecar]) as client:
+                if run.gate is not None:
+                    try:
+                        run.gate.wait()
+                    except threading.BrokenBarrierError:  # the run stopped before it began
+                        return
+                for op in range(run.config.operations):
+                    if run.stopping():
+                        return
+                    key = run.keys[self.rng.randrange(len(run.keys))]
+                    done = self._operation(client, op, key)
+                    if done is None:
+                        return
+                    self.gave_up += not done
+                    self.done += 1
+                    run.report()
+        except AbortRun as abort:
+            run.abort(abort.hint)
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread, never a thread traceback
+            run.crashed(exc)
 
-    def _operation(self, client: StateClient, op: int, key: str) -> bool:
+    def _operation(self, client: StateClient, op: int, key: str) -> bool | None:
+        """True once an attempt is OK, False when the operation gives up, None if the run stopped first."""
         run = self.run_
-        cfg = run.config
-        for attempt in range(1, cfg.max_attempts + 1):
-            if run.stop.is_set():
-                return False
-            outcome, status, etag, detail = self._attempt(client, op, key)
-            start, end = self._times
-            self.attempts.append(Attempt(self.index, op, attempt, self.sidecar, key, start, end, etag, status,
-                                         outcome, detail))
-            if outcome == OK:
+        max_attempts = run.config.max_attempts
+        for number in range(1, max_attempts + 1):
+            if run.stopping():
+                return None
+            start = run.now()
+            did = run.attempt(client, WriterTask(self.index, op, number, self.sidecar, key))
+            self.attempts.append(Attempt(self.index, op, number, self.sidecar, key, start, run.now(), did.etag,
+                                         did.status, did.outcome, did.detail))
+            if did.outcome == OK:
                 return True
-            if outcome == CONFLICT:
-                run.conflict()
-            else:
-                run.error()
-            run.stop.wait(self.backoff.delay(attempt, self.rng))
+            run.failed(did.outcome)
+            if not did.retry or number == max_attempts:
+                return False
+            run.stop.wait(self.backoff(number, self.rng))
         return False
-
-    def _attempt(self, client: StateClient, op: int, key: str) -> tuple[str, int | None, str | None, str]:
-        run = self.run_
-        cfg = run.config
-        started = run.now()
-        self._times = (started, started)
-        try:
-            state = client.get(cfg.store, key)
-        except DaprError as exc:
-            self._times = (started, run.now())
-            return ERROR, None, None, f"read failed: {exc}"
-        etag = state.etag if state else None
-        current = state.value if state else None
-        if cfg.mode == INCREMENT:
-            new: Any = (current if isinstance(current, (int, float)) else 0) + 1
-        else:
-            new = [*(current if isinstance(current, list) else []), f"w{self.index}-op{op}"]
-        try:
-            client.save(cfg.store, key, new, etag=etag if cfg.concurrency == FIRST_WRITE else None,
-                        concurrency=cfg.concurrency, consistency=cfg.consistency)
-            outcome, status, detail = OK, 204, ""
-        except ETagMismatch as exc:
-            outcome, status, detail = CONFLICT, exc.status or 409, ""
-        except SidecarTimeout as exc:
-            outcome, status, detail = UNKNOWN, None, str(exc)
-        except SidecarUnavailable as exc:
-            outcome, status, detail = ERROR, None, str(exc)
-        except DaprError as exc:
-            # A 5xx may have written (e.g. Redis wrote, then WAIT failed): its outcome is unknown.
-            outcome = UNKNOWN if exc.status >= 500 else ERROR
-            status, detail = exc.status, str(exc)
-        self._times = (started, run.now())
-        return outcome, status, etag, detail
 
 
 class _Run:
-    def __init__(self, endpoints: Sequence[str], config: WritersConfig, stop: threading.Event,
-                 progress: Callable[[Progress], None] | None, progress_every: float) -> None:
-        self.endpoints = list(endpoints)
+    def __init__(self, endpoints: list[str], config: WritersConfig, stop: threading.Event, *,
+                 progress: Callable[[Progress], None] | None, progress_every: float, attempt: AttemptStrategy,
+                 backoff: BackoffFn, client_factory: ClientFactory, keys: Sequence[str] | None,
+                 together: bool) -> None:
+        self.endpoints = endpoints
         self.config = config
         self.stop = stop
-        self.policy = config.backoff()
-        self.keys = [f"hot-{uuid.uuid4().hex[:8]}-{k}" for k in range(config.keys)]
+        self.attempt = attempt
+        self.backoff = backoff
+        self.client_factory = client_factory
+        self.keys = list(keys) if keys is not None else [f"hot-{uuid.uuid4().hex[:8]}-{k}" for k in range(config.keys)]
+        self.gate = threading.Barrier(config.writers) if together else None
         self.progress = progress
         self.progress_every = progress_every
+        self.fatal = ""
+        self.crash: BaseException | None = None
+        self._deadline: float | None = None
         self._lock = threading.Lock()
         self._conflicts = 0
         self._errors = 0
@@ -312,13 +406,36 @@ class _Run:
     def now(self) -> float:
         return time.perf_counter() - self._t0
 
-    def conflict(self) -> None:
-        with self._lock:
-            self._conflicts += 1
+    def begin(self, deadline: float | None) -> None:
+        self._deadline = None if deadline is None else time.perf_counter() + deadline
 
-    def error(self) -> None:
+    def stopping(self) -> bool:
+        """Whether to start no more requests: stopped, or past the deadline (which then stops the run)."""
+        if not self.stop.is_set() and self._deadline is not None and time.perf_counter() > self._deadline:
+            self.stop.set()
+        return self.stop.is_set()
+
+    def failed(self, outcome: str) -> None:
         with self._lock:
-            self._errors += 1
+            if outcome == CONFLICT:
+                self._conflicts += 1
+            else:
+                self._errors += 1
+
+    def abort(self, hint: str) -> None:
+        with self._lock:
+            self.fatal = self.fatal or hint
+        self._halt()
+
+    def crashed(self, exc: BaseException) -> None:
+        with self._lock:
+            self.crash = self.crash or exc
+        self._halt()
+
+    def _halt(self) -> None:
+        self.stop.set()
+        if self.gate is not None:
+            self.gate.abort()  # no writer waits for one that will never come
 
     def report(self, force: bool = False) -> None:
         if self.progress is None:
@@ -343,34 +460,73 @@ def run_writers(
     stop: threading.Event | None = None,
     progress: Callable[[Progress], None] | None = None,
     progress_every: float = 0.1,
+    attempt: AttemptStrategy | None = None,
+    backoff: BackoffFn | None = None,
+    client_factory: ClientFactory | None = None,
+    keys: Sequence[str] | None = None,
+    check: HistoryCheck | None = None,
+    start: threading.Barrier | None = None,
+    together: bool = False,
+    deadline: float | None = None,
 ) -> RunResult:
-    """Run the writers to the end (or until ``stop`` is set) and return everything that happened."""
+    """Run the writers to the end (or until ``stop`` is set) and return everything that happened.
+
+    Every operation is tried at most ``config.max_attempts`` times; after a failed attempt ``n`` that may be
+    retried, the writer waits ``backoff(n, rng)`` (its own rng, seeded from ``config.seed``), or less if the
+    run stops meanwhile. Without the keyword arguments it is lessons 04/05's run; each replaces one part:
+
+    - ``attempt(client, task) -> AttemptOutcome``: one attempt (default ``read_modify_write(config)``); it may
+      ``raise AbortRun(hint)`` to stop every writer, and the result's ``fatal`` is that hint;
+    - ``backoff(n, rng) -> seconds`` (default ``config.backoff()``; a ``Policy`` is copied per writer);
+    - ``client_factory(endpoint) -> StateClient`` for every client of the run (default: a plain
+      ``StateClient`` with ``config.timeout``);
+    - ``keys``: the keys to write, used as they are (default: ``config.keys`` fresh keys, set to 0 or [] first);
+    - ``check(history, finals, groups) -> findings`` (default by ``config.mode``);
+    - ``start``: a barrier the calling thread waits at before the writers start (several runs together);
+      ``together``: the writers, once their clients are open, wait for each other and begin at once;
+    - ``deadline``: seconds after which the run stops as if ``stop`` had been set.
+
+    Anything else a writer raises stops the run and is raised here, in the caller's thread. An interrupt
+    (Jupyter's stop button) stops the writers too (``run_threads``) and goes on to the caller.
+    """
     endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
     if not endpoints:
         raise ValueError("at least one sidecar endpoint is needed")
+    if keys is not None and not keys:
+        raise ValueError("keys, when given, must name at least one key")
     config = config or WritersConfig()
     stop = stop or threading.Event()
-    run = _Run(endpoints, config, stop, progress, progress_every)
-    with StateClient(endpoints[0], timeout=config.timeout) as setup:
+    timeout = config.timeout
+    factory = client_factory or (lambda endpoint: StateClient(endpoint, timeout=timeout))
+    run = _Run(endpoints, config, stop, progress=progress, progress_every=progress_every,
+               attempt=attempt or read_modify_write(config), backoff=backoff or config.backoff(),
+               client_factory=factory, keys=keys, together=together)
+    with factory(endpoints[0]) as setup:
         groups, store_type = _groups(setup, config.store, len(endpoints))
+    if keys is None:
         initial: Any = 0 if config.mode == INCREMENT else []
         for sidecar in sorted({_first_sidecar(groups, g) for g in set(groups.values())}):
-            with StateClient(endpoints[sidecar], timeout=config.timeout) as c:
+            with factory(endpoints[sidecar]) as c:
                 for key in run.keys:
                     c.save(config.store, key, initial)
     run.writers = [_Writer(i, run) for i in range(config.writers)]
     started = time.perf_counter()
-    run_threads(run.writers, stop)
+    if start is not None:
+        start.wait()
+    run.begin(deadline)
+    run_threads(run.writers, stop, gate=run.gate)
     wall = time.perf_counter() - started
+    if run.crash is not None:
+        raise run.crash
     run.report(force=True)
     history = History(sorted((a for w in run.writers for a in w.attempts), key=lambda a: a.start))
     finals: dict[tuple[str, str], Any] = {}
     for group in sorted(set(groups.values())):
-        with StateClient(endpoints[_first_sidecar(groups, group)], timeout=config.timeout) as c:
+        with factory(endpoints[_first_sidecar(groups, group)]) as c:
             for key in run.keys:
                 state = c.get(config.store, key)
                 finals[(group, key)] = state.value if state else None
-    check = check_counter if config.mode == INCREMENT else check_append
+    check = check or (check_counter if config.mode == INCREMENT else check_append)
     notes = []
     if store_type == "state.in-memory" and len(endpoints) > 1:
         notes.append(f"state.in-memory keeps data inside each sidecar: the {len(endpoints)} app instances "
@@ -387,6 +543,7 @@ def run_writers(
         gave_up=sum(w.gave_up for w in run.writers),
         store_type=store_type,
         notes=notes,
+        fatal=run.fatal,
     )
 
 
@@ -443,10 +600,9 @@ class Comparison:
         return out
 
     def _repr_html_(self) -> str:
-        from statelab.display import html_table
+        from statelab.display import key_table
 
-        rows = self.rows()
-        return html_table(rows[0].keys(), [r.values() for r in rows]) if rows else ""
+        return key_table(self.rows(), ("policy", *KEY_COLUMNS[2:]))
 
     def __repr__(self) -> str:
         return "\n".join(str(r) for r in self.rows())

@@ -12,12 +12,10 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from statelab.backoff import full_jitter
 from statelab.client import FIRST_WRITE, State, StateClient
 from statelab.display import html_table
-from statelab.errors import (
-    DaprError,
-    ETagMismatch,
-)
+from statelab.errors import DaprError, is_save_conflict
 from statelab.history import ERROR, OUTCOME_CODES, UNKNOWN
 from statelab.lab.lab02_increment import MIN_WRITERS, lab_endpoints, run_increments
 from statelab.lab.learner_code import token
@@ -78,16 +76,14 @@ def _join_roster(client: StateClient, store: str, keys: ClassKeys, attendee: str
         roster = list(state.value) if state and isinstance(state.value, list) else []
         if attendee in roster:
             return
+        etag = state.etag if state else None
         try:
-            client.save(store, keys.roster, [*roster, attendee], etag=state.etag if state else None,
-                        concurrency=FIRST_WRITE)
+            client.save(store, keys.roster, [*roster, attendee], etag=etag, concurrency=FIRST_WRITE)
             return
-        except ETagMismatch:
-            pass
-        except DaprError as exc:  # Redis: a concurrent first-write create of the roster answers 500
-            if exc.status != 500 or state is not None:
+        except DaprError as exc:  # a 409, or Redis's 500 when a concurrent first-write created the roster
+            if not is_save_conflict(exc, had_etag=etag is not None):
                 raise
-        time.sleep(rng.uniform(0, min(0.2, 0.005 * 2**number)))
+        time.sleep(full_jitter(number, rng, base=0.005, cap=0.2))
     raise DaprError(f"could not join the roster {keys.roster} after {tries} tries")
 
 
@@ -194,7 +190,7 @@ def reference_attempt(client: StateClient, store: str, key: str) -> None:
 
 def reference_backoff(attempt: int, rng: random.Random) -> float:
     """Full jitter, base 2 ms, cap 100 ms."""
-    return rng.uniform(0, min(0.1, 0.002 * 2**attempt))
+    return full_jitter(attempt, rng, base=0.002, cap=0.1)
 
 
 @dataclass

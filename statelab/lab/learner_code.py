@@ -58,7 +58,21 @@ def raised(fn: Any, exc: Exception, task: str) -> str:
 
 
 def is_placeholder(value: Any) -> bool:
-    return value is None or value is Ellipsis
+    """Whether ``value`` is the handout's placeholder ``...``: a learner's own answer (None included) never is."""
+    return value is Ellipsis
+
+
+_ARTICLE = {"int": "an int", "str": "a str", "float": "a float", "bool": "a bool", "dict": "a dict", "list": "a list",
+            "tuple": "a tuple", "set": "a set", "NoneType": "None"}
+
+
+def described(value: Any, width: int = 60) -> str:
+    """A value as a hint quotes it, with its type: ``409 (an int)``, ``'409' (a str)``, ``None``."""
+    kind = type(value).__name__
+    if value is None:
+        return "None"
+    article = _ARTICLE.get(kind) or (f"an {kind}" if kind[:1].lower() in "aeiou" else f"a {kind}")
+    return f"{short(repr(value), width)} ({article})"
 
 
 def short(text: str, width: int = 80) -> str:
@@ -85,3 +99,9 @@ def current_etag(client: StateClient, store: str, key: str) -> str:
     if state is None or not state.etag:
         raise StackError(f"the sidecar lost {key!r} right after saving it, or gave it no ETag")
     return state.etag
+
+
+def value_of(client: StateClient, store: str, key: str) -> object:
+    """The value stored under ``key`` as a check reads it back (None when the key is missing)."""
+    state = client.get(store, key)
+    return state.value if state is not None else None

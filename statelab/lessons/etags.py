@@ -6,7 +6,7 @@ Every function here talks to a sidecar through ``StateClient`` and returns data:
 Redis 500) are caught and recorded with a fixed sentence; only an unreachable sidecar raises.
 
 The per-store expectations in ``DOCUMENTED`` come from the behaviour contract
-(``dapr-state-api.md`` §6, components-contrib ``state/redis``, ``state/sqlite``, ``state/in-memory``).
+(``docs/dapr-behaviour.md`` §12, components-contrib ``state/redis``, ``state/sqlite``, ``state/in-memory``).
 """
 
 from __future__ import annotations
@@ -26,10 +26,12 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
+from statelab.backoff import FullJitter
 from statelab.client import FIRST_WRITE, LAST_WRITE, StateClient, upsert
 from statelab.display import html_table
-from statelab.errors import DaprError, ETagMismatch, SidecarUnavailable, StackError, StatelabError
-from statelab.writers import run_threads
+from statelab.errors import DaprError, SidecarUnavailable, StackError, StatelabError, is_save_conflict
+from statelab.history import CONFLICT, OK
+from statelab.writers import AttemptOutcome, WritersConfig, WriterTask, progress_bar, run_threads, run_writers
 
 if TYPE_CHECKING:
 
@@ -301,13 +303,12 @@ def no_backoff(attempt: int) -> float:
 
 
 def exponential_backoff(base: float = 0.002, cap: float = 0.05, *, rng: random.Random | None = None) -> Backoff:
-    """Full jitter: a random wait in [0, min(cap, base * 2**attempt)] (spreads writers that collided)."""
-    rand = rng or random.Random()
+    """Full jitter: a random wait in [0, min(cap, base * 2**attempt)] (spreads writers that collided).
 
-    def wait(attempt: int) -> float:
-        return rand.uniform(0.0, min(cap, base * 2**attempt))
-
-    return wait
+    ``statelab.backoff.FullJitter`` bound to ``rng`` (a fresh one if not given), in the ``attempt -> seconds``
+    form ``increment_with_retry`` takes.
+    """
+    return FullJitter(base, cap).bind(rng or random.Random())
 
 
 class RetriesExhausted(StatelabError):
@@ -318,14 +319,6 @@ class RetriesExhausted(StatelabError):
         self.key = key
         self.attempts = attempts
         self.last = last
-
-
-def _is_conflict(exc: DaprError, had_etag: bool) -> bool:
-    """A conflict worth retrying: a 409, or Redis's 500 when a first-write create meets a first-write key."""
-    if isinstance(exc, ETagMismatch):
-        return True
-    # Redis answers a refused write *without* ETag with 500 ERR_STATE_SAVE, not 409 (contract §6).
-    return not had_etag and exc.status == 500 and exc.error_code == "ERR_STATE_SAVE"
 
 
 def increment_with_retry(client: StateClient, store: str, key: str, max_attempts: int = 10,
@@ -349,7 +342,7 @@ def increment_with_retry(client: StateClient, store: str, key: str, max_attempts
             client.save(store, key, current + by, etag=etag, concurrency=FIRST_WRITE)
             return attempt
         except DaprError as exc:
-            if isinstance(exc, SidecarUnavailable) or not _is_conflict(exc, etag is not None):
+            if isinstance(exc, SidecarUnavailable) or not is_save_conflict(exc, had_etag=etag is not None):
                 raise
             last = exc
             log.debug("conflict on %s (attempt %d of %d): %s", key, attempt, max_attempts, exc)
@@ -377,7 +370,7 @@ def retry_without_reread(client: StateClient, store: str, attempts: int = 4, key
 
 @dataclass
 class RetryDemo:
-    """Writers incrementing one counter with ``increment_with_retry``."""
+    """Writers incrementing one counter, each increment an ``increment_with_retry`` attempt, retried."""
 
     key: str
     writers: int
@@ -428,53 +421,33 @@ class RetryDemo:
 
 def retry_demo(client: StateClient, store: str, *, writers: int = 4, increments: int = 10, max_attempts: int = 20,
                seed: int = 7, progress: bool = True) -> RetryDemo:
-    """``writers`` threads, each with its own connection and seeded jittered backoff, all incrementing one key."""
+    """``writers`` threads, each with its own connection and seeded jittered backoff, all incrementing one key.
+
+    ``statelab.writers.run_writers`` runs them, with the loop ``increment_with_retry`` has: each attempt is one
+    attempt of it (a fresh read, a save with the ETag read and first-write, a conflict by the same rule), at
+    most ``max_attempts`` per increment, with full jitter (2 ms base, 50 ms cap) after each conflict; the
+    writers start together. Any other error stops them all and is raised here.
+    """
     from tqdm.auto import tqdm
 
     key = fresh_key("counter")
     client.save(store, key, 0)
-    gate = threading.Barrier(writers)
-    stop = threading.Event()
-    bar = tqdm(total=writers * increments, desc="increments", disable=not progress)
-    lock = threading.Lock()
-    results: list[tuple[list[int], int]] = [([], 0)] * writers
-    failures: list[BaseException] = []
 
-    def writer(i: int) -> None:
-        backoff = exponential_backoff(rng=random.Random(seed * 1000 + i))
-        done: list[int] = []
-        gave_up = 0
-        try:
-            with _clone(client) as own:
-                gate.wait()
-                for _ in range(increments):
-                    if stop.is_set():
-                        break
-                    try:
-                        done.append(increment_with_retry(own, store, key, max_attempts, backoff))
-                    except RetriesExhausted:
-                        gave_up += 1
-                    with lock:
-                        bar.update(1)
-        except BaseException as exc:  # noqa: BLE001 - raised below, in the caller's thread
-            failures.append(exc)
-            stop.set()
-            gate.abort()
-        results[i] = (done, gave_up)
+    def one_attempt(own: StateClient, task: WriterTask) -> AttemptOutcome:
+        try:  # with max_attempts=1 it reads, saves once, and raises RetriesExhausted on a conflict
+            increment_with_retry(own, store, task.key, max_attempts=1)
+        except RetriesExhausted as exc:
+            return AttemptOutcome(CONFLICT, exc.last.status if exc.last else None)
+        return AttemptOutcome(OK, 204)
 
-    started = time.monotonic()
-    try:
-        run_threads([threading.Thread(target=writer, args=(i,), daemon=True) for i in range(writers)], stop,
-                    gate=gate)
-    finally:
-        bar.close()
-    if failures:
-        raise failures[0]
-    seconds = time.monotonic() - started
+    config = WritersConfig(writers=writers, operations=increments, max_attempts=max_attempts, seed=seed,
+                           store=store, policy="full-jitter", base=0.002, cap=0.05)  # exponential_backoff()'s
+    with tqdm(total=writers * increments, desc="increments", disable=not progress) as bar:
+        result = run_writers(client.endpoint, config, progress=progress_bar(bar), attempt=one_attempt,
+                             client_factory=lambda _: _clone(client), keys=[key], together=True)
     state = client.get(store, key)
-    attempts = [a for done, _ in results for a in done]
-    return RetryDemo(key, writers, increments, max_attempts, attempts, sum(g for _, g in results),
-                     state.value if state else 0, seconds)
+    return RetryDemo(key, writers, increments, max_attempts, result.history.attempts_per_success(), result.gave_up,
+                     state.value if state else 0, result.wall_time)
 
 
 # --- the store-semantics matrix ---------------------------------------------------------------------
@@ -610,7 +583,7 @@ SITUATIONS: tuple[Situation, ...] = (
               _probe_transaction_other_applied),
 )
 
-# What the contract documents for each situation and store (dapr-state-api.md §6 and the notes behind it).
+# What the contract documents for each situation and store (docs/dapr-behaviour.md §12 and the evidence behind it).
 DOCUMENTED: dict[str, dict[str, str]] = {
     "etag_format": {"redis": "number", "sqlite": "uuid", "in-memory": "uuid"},
     "save_stale_etag": {"redis": "409", "sqlite": "409", "in-memory": "409"},
@@ -779,7 +752,7 @@ def store_matrix(lab: Session, *, first_port: int = MATRIX_FIRST_PORT, progress:
         source = (f"Connected to a sidecar we did not start: only the state stores it lists in /v1.0/metadata "
                   f"are compared ({names}).")
         return observe(columns, source=source, progress=progress)
-    own: str = lab.stack.store  # type: ignore[attr-defined]
+    own: str = lab.local_stack().store
     others = [s for s in STORE_TYPES if s != own]
     total = len(others) + len(STORE_TYPES) * len(SITUATIONS)
     with ExitStack() as cleanup:

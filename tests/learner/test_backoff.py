@@ -18,6 +18,7 @@ from statelab.backoff import (
     NoWait,
     Policy,
     Sum,
+    full_jitter,
     policy_from_name,
 )
 
@@ -209,3 +210,20 @@ def test_negative_times_are_refused() -> None:
                   lambda: NoWait().capped(-1), lambda: policy_from_name("none", -1, 1)):
         with pytest.raises(ValueError):
             build()
+
+
+def test_full_jitter_the_function_is_the_policys_draw_and_rng_uniforms() -> None:
+    for seed in SEEDS:
+        rng, policy_rng, uniform_rng = random.Random(seed), random.Random(seed), random.Random(seed)
+        for attempt in ATTEMPTS:
+            wait = full_jitter(attempt, rng, BASE, CAP)
+            assert wait == FullJitter(BASE, CAP).delay(attempt, policy_rng)
+            assert wait == uniform_rng.uniform(0, expo(attempt))  # what the inline versions it replaced drew
+
+
+def test_full_jitter_the_function_refuses_what_the_policy_refuses() -> None:
+    with pytest.raises(ValueError, match="counts from 1"):
+        full_jitter(0, random.Random(), BASE, CAP)
+    with pytest.raises(ValueError):
+        full_jitter(1, random.Random(), -1, CAP)
+    assert 0 <= full_jitter(100_000, random.Random(0), BASE, CAP) <= CAP
