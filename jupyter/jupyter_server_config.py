@@ -1,4 +1,5 @@
-"""JupyterLab as statelab ships it, for ./scripts/lab and tests/test_browser.py (``jupyter lab --config=<this file>``).
+"""JupyterLab as statelab ships it, for ./scripts/lab and tests/project/test_browser.py
+(``jupyter lab --config=<this file>``).
 
 A learner's first start should open straight into the lesson: the notebooks carry their kernelspec (no
 kernel dialog) and ``lab-settings/overrides.json`` turns off the "get Jupyter news?" pop-up and the update

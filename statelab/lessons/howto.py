@@ -45,7 +45,7 @@ SHOWN_CALLS = 6  # calls listed per run in the HTML view; the rest are counted
 
 # --- the page's snippets, verbatim ---------------------------------------------------------------------------
 # Copied at authoring time from dapr/docs howto-stateful-service.md (see the module docstring), one string per
-# ```python block, in page order. tests/test_howto.py checks them against the page when a copy is at hand.
+# ```python block, in page order. tests/lessons/test_howto.py checks them against the page when a copy is at hand.
 
 DOCS_SAVE = """\
 import requests

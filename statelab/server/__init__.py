@@ -3,5 +3,5 @@
 It answers the Dapr state API over HTTP and gRPC exactly as daprd does (``docs/fidelity.md``). Nothing
 here imports the learner side (client, writers, lessons, labs) or the process stack (``statelab.local``):
 they meet only over the Dapr API, which is what lets every lesson run unchanged on a real daprd
-(``tests/test_architecture.py`` checks the rule).
+(``tests/project/test_architecture.py`` checks the rule).
 """

@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from pathlib import Path
 
 import nbformat
 import pytest
+from helpers import ROOT
 
 from statelab.tools import handouts
 from statelab.tools.handouts import HandoutError, stub_code
 
-ROOT = Path(__file__).resolve().parent.parent
 LABS = ROOT / "labs"
 LAB_PATHS = handouts.lab_notebooks(LABS)
 LINK = re.compile(r"\]\(([^)\s]+)\)")

@@ -9,7 +9,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import requests
-from conftest import make_stack
+from helpers import LAB_SOLUTIONS, ROOT, check_lab_solution, good_attempt, make_stack
 
 from statelab import lab as labmod
 from statelab.client import State, upsert
@@ -20,9 +20,7 @@ from statelab.session import Session, open_session
 from statelab.tools import runner
 from statelab.tools.handouts import handout_path
 
-ROOT = Path(__file__).resolve().parent.parent
 LABS = ROOT / "labs"
-SOLUTIONS = sorted(LABS.glob("[0-9][0-9]_*.ipynb"))
 INSTRUCTOR = LABS / "instructor_class_contention.ipynb"
 
 # What a fresh handout must report first: the lab's first check, and the start of its hint.
@@ -46,29 +44,21 @@ def _outputs(nb: nbformat.NotebookNode, source: str) -> str:
 
 
 def test_there_are_at_least_five_labs_and_each_has_its_checks():
-    assert len(SOLUTIONS) >= 5
-    assert {p.stem for p in SOLUTIONS} == set(labmod.LABS) == set(FIRST_FAILURE)
+    assert len(LAB_SOLUTIONS) >= 5
+    assert {p.stem for p in LAB_SOLUTIONS} == set(labmod.LABS) == set(FIRST_FAILURE)
 
 
 # --- headless runs ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", LAB_SOLUTIONS, ids=lambda p: p.stem)
 def test_the_solution_runs_headless_and_passes_every_check_in_order(tmp_path, path):
     result = runner.run_one(path, tmp_path, store="redis", cell_timeout=180, extra={})
     assert result.ok, result.error
-    check_solution(path, result.metrics)
+    check_lab_solution(path, result.metrics)
 
 
-def check_solution(path: Path, m: dict) -> None:
-    """A solution's recorded checks: every one of its lab's, in order, all passed (also for test_notebooks_on_daprd)."""
-    assert [c["check"] for c in m["checks"]] == list(labmod.LABS[path.stem])
-    assert [c["message"] for c in m["checks"] if not c["passed"]] == []
-    assert m["checks_passed"] is True and m["first_failed_check"] is None
-    assert all(m[f"check_{name}"] is True for name in labmod.LABS[path.stem])
-
-
-@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", LAB_SOLUTIONS, ids=lambda p: p.stem)
 def test_the_handout_runs_headless_without_an_error_and_fails_at_its_first_check_with_the_hint(tmp_path, path):
     result = runner.run_one(handout_path(path), tmp_path, store="redis", cell_timeout=180, extra={})
     assert result.ok, f"a handout must not stop with an error: {result.error}"
@@ -162,9 +152,7 @@ def _stub(*args):
     raise NotImplementedError("TODO: write it")
 
 
-def good_attempt(client, store, key):
-    state = client.get(store, key) or State(key, 0, None)
-    client.save(store, key, state.value + 1, etag=state.etag, concurrency="first-write")
+# good_attempt, the right answer, is in helpers (tests/learner/test_interrupts.py interrupts it)
 
 
 def blind_attempt(client, store, key):

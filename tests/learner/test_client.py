@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import STORE_NAME
+from helpers import STORE_NAME, free_port_base, make_stack
 
 from statelab.client import StateClient, default_endpoint, remove, upsert
 from statelab.errors import (
@@ -117,8 +117,6 @@ def test_endpoint_comes_from_the_sdk_environment_variables(monkeypatch):
 
 
 def test_api_token_is_sent_from_the_environment(tmp_path, monkeypatch):
-    from conftest import make_stack
-
     with make_stack(tmp_path, store="in-memory", api_token="tok3n") as stack:
         monkeypatch.delenv("DAPR_API_TOKEN", raising=False)
         with pytest.raises(Unauthorized) as info:
@@ -130,8 +128,6 @@ def test_api_token_is_sent_from_the_environment(tmp_path, monkeypatch):
 
 
 def test_unreachable_sidecar_raises_sidecar_unavailable():
-    from conftest import free_port_base
-
     client = StateClient(f"http://127.0.0.1:{free_port_base(1)}", timeout=2)
     with pytest.raises(SidecarUnavailable):
         client.get(STORE_NAME, "k")

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from test_labs import good_attempt
+from helpers import good_attempt
 
 from statelab import lab as labmod
 from statelab.client import StateClient

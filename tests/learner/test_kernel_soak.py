@@ -23,7 +23,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from conftest import RELIABILITY, process_gone, soak_factor, wait_until
+from helpers import RELIABILITY, process_gone, soak_factor, wait_until
 from jupyter_client import BlockingKernelClient, KernelManager
 
 ROUNDS = 4 * soak_factor()  # after the warm-up round; about 3 s each

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import free_port_base
+from helpers import free_port_base
 
 from statelab.widgets import WritersPanel
 

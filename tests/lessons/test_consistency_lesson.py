@@ -8,7 +8,7 @@ skip the parts that open the store, with a sentence).
 from __future__ import annotations
 
 import pytest
-from conftest import make_stack
+from helpers import make_stack
 
 from statelab import plots
 from statelab.lessons import consistency

@@ -6,7 +6,7 @@ import random
 import socket
 
 import pytest
-from conftest import STORE_NAME, free_port_base
+from helpers import STORE_NAME, free_port_base
 
 from statelab.client import StateClient
 from statelab.errors import StoreNotFound

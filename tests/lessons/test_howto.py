@@ -5,15 +5,15 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import requests
+from helpers import ROOT
 
 from statelab.lessons import howto
 from statelab.session import Session
 
-PAGE = Path(__file__).resolve().parent.parent.parent / "shared" / "howto-stateful-service.md"
+PAGE = ROOT.parent / "shared" / "howto-stateful-service.md"
 TIMEOUT = 0.5  # seconds an endless loop may run here; enough for many attempts on loopback
 
 

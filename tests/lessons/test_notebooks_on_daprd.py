@@ -1,5 +1,7 @@
 """Every lesson and every lab's solution, run once on real daprd sidecars (on Redis with a replica), held to the
-same assertions as on statelab's sidecar: what a lesson says it measured must be what daprd does too.
+same assertions as on statelab's sidecar: what a lesson says it measured must be what daprd does too. The lessons
+come from the table in test_notebooks.py (``LESSONS``: parameters and check per notebook), the labs' solutions and
+their check from helpers.py.
 
 The notebooks do not know which sidecar they have: ``run_one(..., runtime="daprd")`` gives the kernel
 ``STATELAB_RUNTIME=daprd`` and ``open_session`` starts its local stack with daprd sidecars (lesson 03's matrix
@@ -12,33 +14,18 @@ with ``STATELAB_DAPRD_REQUIRED=1`` (CI) they fail instead. The other stores run 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
 import pytest
-import test_labs
-import test_notebook_00
-import test_notebook_01
-import test_notebook_02
-import test_notebook_03
-import test_notebook_04_05
-import test_notebook_06
-from conftest import daprd_binary
+from helpers import LAB_SOLUTIONS, check_lab_solution, daprd_binary
+from test_notebooks import LESSONS, Lesson
 
 from statelab.session import RUNTIME_ENV, open_session
 from statelab.tools import runner
 
-# Each lesson with the small parameters and the assertions of its statelab test.
-LESSONS: dict[str, tuple[dict, Callable[[dict], None]]] = {
-    "00_howto_as_written": (test_notebook_00.EXTRA, test_notebook_00.check_metrics),
-    "01_save_get_delete": (test_notebook_01.EXTRA, test_notebook_01.check_metrics),
-    "02_strong_vs_eventual": (test_notebook_02.EXTRA, test_notebook_02.check_metrics),
-    "03_etags_first_write_wins": (test_notebook_03.EXTRA, test_notebook_03.check_metrics),
-    "04_concurrent_writers": (test_notebook_04_05.EXTRA_04, test_notebook_04_05.check_04),
-    "05_backoff_and_jitter": (test_notebook_04_05.EXTRA_05, test_notebook_04_05.check_05),
-    "06_python_sdk": (test_notebook_06.EXTRA, test_notebook_06.check_metrics),
-}
+DAPRD_CELL_TIMEOUT = 180  # seconds per cell, the same for every notebook here (not the rows' cell_timeout)
 
 
 @pytest.fixture(scope="module")
@@ -62,28 +49,22 @@ def _stack_line(executed: Path) -> str:
 
 
 def _run_on_daprd(path: Path, out: Path, extra: dict) -> dict:
-    result = runner.run_one(path, out, store="redis", cell_timeout=180, extra=extra, runtime="daprd")
+    result = runner.run_one(path, out, store="redis", cell_timeout=DAPRD_CELL_TIMEOUT, extra=extra, runtime="daprd")
     assert result.ok, result.error
     assert " daprd sidecar" in _stack_line(out / path.name), "the notebook did not start daprd sidecars"
     return result.metrics
 
 
 @pytest.mark.slow  # with the labs: twelve notebooks, about a minute and a half on two cores
-@pytest.mark.parametrize("name", LESSONS)
-def test_the_lesson_measures_on_daprd_what_it_says(daprd, tmp_path, name):
-    extra, check = LESSONS[name]
-    check(_run_on_daprd(runner.ROOT / "notebooks" / f"{name}.ipynb", tmp_path, extra))
+@pytest.mark.parametrize("lesson", LESSONS, ids=lambda lesson: lesson.name)
+def test_the_lesson_measures_on_daprd_what_it_says(daprd, tmp_path, lesson: Lesson):
+    lesson.check(_run_on_daprd(lesson.path, tmp_path, lesson.extra))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path", test_labs.SOLUTIONS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", LAB_SOLUTIONS, ids=lambda p: p.stem)
 def test_the_lab_solution_passes_every_check_on_daprd(daprd, tmp_path, path):
-    test_labs.check_solution(path, _run_on_daprd(path, tmp_path, {}))
-
-
-def test_every_lesson_is_covered():
-    lessons = {p.stem for p in runner.discover([str(runner.ROOT / "notebooks")])}
-    assert lessons == set(LESSONS)
+    check_lab_solution(path, _run_on_daprd(path, tmp_path, {}))
 
 
 # --- choosing the runtime (no daprd needed) ------------------------------------------------------------------

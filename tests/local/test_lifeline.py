@@ -9,7 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from conftest import process_gone, wait_until
+from helpers import process_gone, wait_until
 
 from statelab.local import lifeline
 from statelab.local import paths as local_paths

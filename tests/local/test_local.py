@@ -20,8 +20,8 @@ import pytest
 import redis
 import requests
 import yaml
-from conftest import free_port_base, process_gone, wait_until
-from conftest import make_stack as conftest_make_stack
+from helpers import free_port_base, process_gone, wait_until
+from helpers import make_stack as helpers_make_stack
 
 from statelab import local
 from statelab.errors import StackError
@@ -30,7 +30,7 @@ from statelab.local import Stack
 
 def make_stack(tmp_path: Path, **kwargs: object) -> Stack:
     """A Stack on fresh ports in tmp_path/run (not started)."""
-    return conftest_make_stack(**{"run_dir": tmp_path / "run", **kwargs})  # type: ignore[arg-type]
+    return helpers_make_stack(**{"run_dir": tmp_path / "run", **kwargs})  # type: ignore[arg-type]
 
 
 @pytest.fixture

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
-PACKAGE = Path(__file__).resolve().parents[1] / "statelab"
+PACKAGE = ROOT / "statelab"
 
 ALLOWED: dict[str, set[str]] = {
     "server": {"server", "shared", "root"},

@@ -7,8 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb")) + sorted((ROOT / "labs").glob("*.ipynb"))
 REQUIRED_PARAMETERS = ("endpoint", "store", "interactive", "seed")
 LINK = re.compile(r"\]\(([^)\s]+)\)")

@@ -1,6 +1,6 @@
 """Differential fuzzing: one random request sequence, sent in the same order to two sidecars, answers compared.
 
-The machinery behind ``tests/test_differential.py``, in four parts:
+The machinery behind ``tests/server/test_differential.py``, in four parts:
 
 * ``generate(seed, ns)``: a reproducible sequence of HTTP requests (``Step``) from a seed. Keys live under
   the namespace ``ns`` so that sequences sharing a store do not meet. A request that reuses an ETag names

@@ -12,7 +12,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import STORE_NAME, make_stack
+from helpers import STORE_NAME, make_stack
 
 from statelab.client import FIRST_WRITE, LAST_WRITE, StateClient
 from statelab.errors import ETagMismatch

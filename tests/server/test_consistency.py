@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import STORE_NAME, make_stack
+from helpers import STORE_NAME, make_stack
 
 from statelab.client import StateClient
 

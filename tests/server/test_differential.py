@@ -18,7 +18,7 @@ Runs are reproducible: every failure prints the sequence seed.
 
 * ``STATELAB_DIFF_SEED=N`` sets the base seed (default fixed; ``STATELAB_SOAK`` picks a random one, printed);
 * ``STATELAB_DIFF_SEQUENCE=S`` replays only sequence ``S`` (the seed a failure names) and prints its steps and
-  every divergence, known or not (``pytest -s -k <store> tests/test_differential.py``).
+  every divergence, known or not (``pytest -s -k <store> tests/server/test_differential.py``).
 
 A failure also shows the first unknown divergence of up to three sequences, each shrunk to the fewest
 requests that still show it (replayed on fresh keys), with both answers.
@@ -44,7 +44,6 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import APP_ID, RELIABILITY, make_stack, soak_factor
 from differential import (
     STATE,
     Body,
@@ -63,6 +62,7 @@ from differential import (
     sqlite_schema,
     stored_value,
 )
+from helpers import APP_ID, RELIABILITY, ROOT, make_stack, soak_factor
 
 from statelab.local import Stack
 
@@ -84,7 +84,7 @@ def _daprd() -> tuple[str | None, str]:
 
     Without one the module is skipped, with one line; with ``STATELAB_DAPRD_REQUIRED`` set (CI) every test of
     the module fails with that line instead (the other modules still run)."""
-    script = Path(__file__).resolve().parents[1] / "scripts" / "daprd"
+    script = ROOT / "scripts" / "daprd"
     done = subprocess.run([str(script), "--no-build"], capture_output=True, text=True)
     if done.returncode == 0 and done.stdout.strip():
         return done.stdout.strip().splitlines()[-1], ""
@@ -166,7 +166,7 @@ KNOWN_DIVERGENCES: tuple[Known, ...] = (
         "multiplies it into an overflowing duration (9223372037: 204 and the item is already expired, GET 204; "
         "99999999999: 204, stored with a ttlExpireTime in 2273), Redis sends it to EXPIRE (204, stored). "
         "statelab answers 500 ERR_STATE_SAVE `ttlInSeconds 9223372037 is out of range: at most 9223372036 "
-        "seconds` and writes nothing (transactions: 500 ERR_STATE_TRANSACTION). tests/test_fuzz.py pins "
+        "seconds` and writes nothing (transactions: 500 ERR_STATE_TRANSACTION). tests/server/test_fuzz.py pins "
         "statelab's answer without having checked it against daprd.",
         (req("POST", STATE, [{"key": "NS-k", "value": 1, "metadata": {"ttlInSeconds": "99999999999"}}], headers=J),
          req("GET", f"{STATE}/NS-k", reads=("NS-k",))),  # fmt: skip
@@ -374,7 +374,7 @@ KNOWN_DIVERGENCES: tuple[Known, ...] = (
         "GET and bulk get return as saved) and beyond says `invalid character '[' exceeded max depth`. statelab "
         "refuses anything deeper than 512 with 400 ERR_MALFORMED_REQUEST `exceeded max depth` (and, for a "
         "body whose outer type is wrong, says so instead of daprd's `json: cannot unmarshal array into Go value "
-        "of type state.SetRequest`); tests/test_fuzz.py pins the 512 limit without having checked it.",
+        "of type state.SetRequest`); tests/server/test_fuzz.py pins the 512 limit without having checked it.",
         (req("POST", STATE, b'[{"key":"NS-k","value":' + b"[" * 600 + b"]" * 600 + b"}]", headers=J),
          req("GET", f"{STATE}/NS-k", reads=("NS-k",))),  # fmt: skip
         when(request=r"\[{250}"),

@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from conftest import STORE_NAME, make_stack, wait_until
+from helpers import STORE_NAME, make_stack, wait_until
 
 from statelab.client import StateClient
 from statelab.errors import DaprError

@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
-from conftest import APP_ID, RELIABILITY, STORE_NAME, make_stack, process_gone, soak_factor, wait_until
+from helpers import APP_ID, RELIABILITY, STORE_NAME, make_stack, process_gone, soak_factor, wait_until
 
 from statelab.local import Stack
 

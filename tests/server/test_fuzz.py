@@ -34,13 +34,12 @@ import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 import schemathesis
-from conftest import APP_ID, FUZZ_REQUESTS, STORE_NAME, Target, soak_factor
+from helpers import APP_ID, FUZZ_REQUESTS, ROOT, STORE_NAME, Target, soak_factor
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
@@ -51,7 +50,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 SOAK = soak_factor()
-OPENAPI = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
+OPENAPI = ROOT / "docs" / "openapi.yaml"
 JSON = "application/json"
 ANSWER_TIMEOUT = 10.0  # seconds; an answer that takes longer is a hang
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import APP_ID, BOTH_RUNTIMES, STORE_NAME, Target, free_port_base, wait_until
 from dapr.clients import DaprClient
 from dapr.clients.exceptions import DaprGrpcError
 from dapr.clients.grpc._request import TransactionalStateOperation, TransactionOperationType
@@ -24,6 +23,7 @@ from dapr.clients.grpc._state import Concurrency, Consistency, StateItem, StateO
 from dapr.proto import api_service_v1, api_v1, common_v1
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from helpers import APP_ID, BOTH_RUNTIMES, STORE_NAME, Target, free_port_base, wait_until
 
 from statelab import local, sdk
 

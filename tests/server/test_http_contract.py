@@ -24,7 +24,7 @@ from urllib.parse import quote
 
 import pytest
 import requests
-from conftest import APP_ID, BOTH_RUNTIMES, STORE_NAME, Target, make_stack, targets, wait_until
+from helpers import APP_ID, BOTH_RUNTIMES, STORE_NAME, Target, make_stack, targets, wait_until
 
 from statelab.local import Stack
 
@@ -592,8 +592,10 @@ def test_get_returns_the_value_as_each_store_re_encodes_it(api: Target) -> None:
         return
     assert json.loads(content) == json.loads(expected) and len(content) == len(expected)
     for member in (b'"zeta":1,', b'"alpha":"<b>&</b>"', b'"pi":3.141593', b'"tiny":0', b'"big":12345678901234567000',
-                   b'"nested":{"b":true,"a":null}', b'"text":"\xc3\xa9\xe2\x80\xa8\\n\\u0001"'):
+                   b'"text":"\xc3\xa9\xe2\x80\xa8\\n\\u0001"'):
         assert member.rstrip(b",") in content
+    # Members of a nested object come in a Go map's random order on daprd, in document order on the sidecar.
+    assert b'"nested":{"b":true,"a":null}' in content or b'"nested":{"a":null,"b":true}' in content
 
 
 def test_get_of_a_key_with_an_escaped_slash_works(api: Target) -> None:

@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import pytest
 import requests
-from conftest import STORE_NAME
+from helpers import STORE_NAME
 
 pytestmark = pytest.mark.usefixtures("stacks")
 

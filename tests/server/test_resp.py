@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import free_port_base, wait_until
+from helpers import free_port_base, wait_until
 
 from statelab.local import find_redis_server
 from statelab.server.stores.resp import ReplyError, RespClient, RespConnectionError

@@ -21,13 +21,10 @@ from pathlib import Path
 import pytest
 import redis
 import requests
-from conftest import APP_ID, STORE_NAME, free_port_base, make_stack, wait_until
+from helpers import APP_ID, ROOT, STORE_NAME, free_port_base, make_stack, wait_until
 
 from statelab import cli, local
 from statelab.local import Stack
-
-REPO = Path(__file__).resolve().parent.parent
-
 
 # --- what listens where (/proc/net/tcp{,6}) ------------------------------------------------------------------
 
@@ -90,9 +87,9 @@ def test_sidecar_listens_on_other_addresses_only_when_told(tmp_path: Path) -> No
     port = free_port_base(1)
     cmd = [
         sys.executable, "-m", "statelab", "sidecar", "--app-id", APP_ID, "--dapr-http-port", str(port),
-        "--resources-path", str(REPO / "components" / "in-memory"), "--dapr-listen-addresses", "0.0.0.0",
+        "--resources-path", str(ROOT / "components" / "in-memory"), "--dapr-listen-addresses", "0.0.0.0",
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("DAPR_API_TOKEN", None)
     with open(tmp_path / "sidecar.log", "wb") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -257,11 +254,11 @@ def test_health_checks_need_no_token(token_stack: Stack, path: str) -> None:
 
 # --- ./scripts/lab: JupyterLab on 127.0.0.1 with a token -------------------------------------------------------
 
-LAB = REPO / "scripts" / "lab"
+LAB = ROOT / "scripts" / "lab"
 
 
 def test_lab_script_binds_jupyter_to_loopback_and_sets_a_token() -> None:
-    text = LAB.read_text() + (REPO / "jupyter" / "jupyter_server_config.py").read_text()
+    text = LAB.read_text() + (ROOT / "jupyter" / "jupyter_server_config.py").read_text()
     assert "--ip=127.0.0.1" in text
     assert '--IdentityProvider.token="$TOKEN"' in text
     assert "secrets.token_urlsafe" in text  # a random token unless JUPYTER_TOKEN is set
@@ -285,7 +282,7 @@ def _stub_lab(tmp_path: Path) -> tuple[Path, Path]:
     """A copy of scripts/lab in a fake checkout whose setup, statelab and jupyter only record how they were called."""
     (tmp_path / "scripts").mkdir()
     shutil.copy(LAB, tmp_path / "scripts" / "lab")
-    shutil.copytree(REPO / "jupyter", tmp_path / "jupyter")  # the JupyterLab config the script passes
+    shutil.copytree(ROOT / "jupyter", tmp_path / "jupyter")  # the JupyterLab config the script passes
     bin_dir = tmp_path / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
     calls = tmp_path / "calls"
