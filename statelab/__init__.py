@@ -17,6 +17,7 @@ _EXPORTS = {
     "Metrics": "statelab.metrics",
     "StateClient": "statelab.client",
     "show": "statelab.display",
+    "show_code": "statelab.display",
 }
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import requests
@@ -51,6 +51,24 @@ def html_table(headers: Iterable[object], rows: Iterable[Iterable[object]], capt
     return f"<table>{cap}<tr>{head}</tr>{body}</table>"
 
 
+def key_table(rows: Sequence[Mapping[str, object]], key_columns: Sequence[str], caption: str = "") -> str:
+    """The columns a reader needs first, in a table that fits a notebook; every column one click further.
+
+    ``key_columns`` missing from the rows are skipped. The full table sits in a collapsed ``<details>`` whose
+    body scrolls sideways rather than widening the page.
+    """
+    if not rows:
+        return ""
+    columns = list(rows[0].keys())
+    keys = [c for c in key_columns if c in columns]
+    short = html_table(keys, [[row.get(k, "") for k in keys] for row in rows], caption)
+    if len(keys) == len(columns):
+        return short
+    full = html_table(columns, [[row.get(k, "") for k in columns] for row in rows])
+    return (short + f"<details><summary>all {len(columns)} columns</summary>"
+            f"<div style='overflow-x:auto;max-width:100%'>{full}</div></details>")
+
+
 def show(resp: requests.Response) -> Exchange:
     headers = {
         k: v for k, v in resp.headers.items() if k.lower() in _INTERESTING or k.lower().startswith("metadata.")
@@ -61,3 +79,39 @@ def show(resp: requests.Response) -> Exchange:
         body = resp.text
     req = resp.request
     return Exchange(req.method or "", req.url or "", resp.status_code, resp.reason or "", headers, body)
+
+
+@dataclass
+class Source:
+    """The source of a function or class the lesson calls, shown in the notebook ("show me the code")."""
+
+    name: str
+    path: str  # relative to the checkout, e.g. statelab/lessons/etags.py
+    first_line: int
+    text: str
+
+    def __repr__(self) -> str:
+        return f"# {self.path}, line {self.first_line}\n{self.text}"
+
+    def _repr_html_(self) -> str:
+        where = f"<p style='margin:0'><code>{html.escape(self.path)}</code>, line {self.first_line}</p>"
+        try:
+            from pygments import highlight
+            from pygments.formatters import HtmlFormatter
+            from pygments.lexers import PythonLexer
+        except ImportError:  # pygments comes with JupyterLab; plain text otherwise
+            return where + f"<pre>{html.escape(self.text)}</pre>"
+        return where + highlight(self.text, PythonLexer(), HtmlFormatter(noclasses=True, nowrap=False))
+
+
+def show_code(obj: object) -> Source:
+    """The source of ``obj`` (a function, method or class), to read in the notebook beside what it did."""
+    import inspect
+    from pathlib import Path
+
+    target = inspect.unwrap(obj)  # type: ignore[arg-type]  # inspect.unwrap accepts any callable-like object
+    lines, first = inspect.getsourcelines(target)
+    file = Path(inspect.getsourcefile(target) or "?")
+    root = Path(__file__).resolve().parents[1]
+    path = str(file.resolve().relative_to(root)) if file.resolve().is_relative_to(root) else str(file)
+    return Source(getattr(target, "__qualname__", str(target)), path, first, "".join(lines).rstrip())

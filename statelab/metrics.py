@@ -4,7 +4,8 @@ Each notebook makes one ``Metrics("01_save_get_delete")`` and records what it ob
 (``metrics.record("deleted_key_status", 204)``). Every record rewrites
 ``<output dir>/<notebook>.metrics.json`` atomically, so a run that stops half-way still leaves what it
 measured. The output dir is ``$STATELAB_OUTPUT_DIR`` (set by ``./scripts/run-notebooks``), else
-``build/notebooks`` under the current directory. In Jupyter the object shows as a small table.
+``build/notebooks`` at the checkout's root (one ignored folder, wherever the kernel runs). In Jupyter the
+object shows as a small table. Lessons keep the cells that only record collapsed (tag ``metrics``).
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+CHECKOUT = Path(__file__).resolve().parents[1]  # statelab is installed editable: the repository's root
+
 
 def output_dir() -> Path:
-    return Path(os.environ.get("STATELAB_OUTPUT_DIR") or Path.cwd() / "build" / "notebooks")
+    return Path(os.environ.get("STATELAB_OUTPUT_DIR") or CHECKOUT / "build" / "notebooks")
 
 
 class Metrics:
@@ -29,14 +32,14 @@ class Metrics:
         self.values: dict[str, Any] = {}
         self.notes: dict[str, str] = {}
 
-    def record(self, name: str, value: Any, note: str = "") -> Any:
-        """Record one result (JSON-serialisable) and save; returns ``value`` for chaining in a cell."""
+    def record(self, name: str, value: Any, note: str = "") -> None:
+        """Record one result (JSON-serialisable) and save. Returns nothing, so a cell that only records shows
+        nothing either."""
         json.dumps(value)  # fail here, in the cell that recorded it, not later
         self.values[name] = value
         if note:
             self.notes[name] = note
         self.save()
-        return value
 
     def record_all(self, results: Iterable[tuple[str, Any, str]]) -> None:
         """Record several ``(name, value, note)`` results at once, e.g. ``metrics.record_all(demo.metrics())``."""
