@@ -1,10 +1,10 @@
-"""JupyterLab in a real browser: lessons 04 and 01 as a learner runs them, the writers panel clicked.
+"""JupyterLab in a real browser: every lesson as a learner runs it, the writers panel clicked.
 
 Papermill proves the code; this proves what a learner sees. The module starts what ``./scripts/lab``
-starts — a Redis stack with one sidecar (here on random ports) and JupyterLab with the project's own
-configuration (``jupyter/``) and ``DAPR_HTTP_ENDPOINT`` — on copies of the notebooks, then drives Debian's
-Chromium with Playwright: open a notebook, Run ▸ Run All Cells, wait for the cells and the panel, and assert
-on the page. Screenshots go to ``build/screenshots/`` on every run, plus ``<test>-failure.png`` when a test
+starts — a recorded ``statelab up`` stack, Redis with one replica and one sidecar (here on random ports), and
+JupyterLab with the project's own configuration (``jupyter/``) and ``DAPR_HTTP_ENDPOINT`` — on copies of the
+notebooks, then drives Debian's Chromium with Playwright: open a notebook, Run ▸ Run All Cells, wait for the
+cells and the panel, and assert on the page: no error, every cell run, no output wider than the notebook. Screenshots go to ``build/screenshots/`` on every run, plus ``<test>-failure.png`` when a test
 fails. Each test's kernels are shut down when it ends; JupyterLab and the stack when the module ends.
 
 Needs a Chromium binary (never ``playwright install``): ``/usr/bin/chromium`` from Debian's ``chromium``
@@ -28,7 +28,10 @@ from pathlib import Path
 
 import pytest
 import requests
-from helpers import ROOT, free_port_base, make_stack, wait_until
+from helpers import ROOT, free_port_base, wait_until
+
+from statelab import local
+from statelab.local import Stack, on_free_ports
 
 SCREENSHOTS = ROOT / "build" / "screenshots"
 JUPYTER_CONFIG = ROOT / "jupyter" / "jupyter_server_config.py"
@@ -109,20 +112,27 @@ def chromium() -> str:
 
 @pytest.fixture(scope="module")
 def lab(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterLab]:
-    """The stack and JupyterLab as ./scripts/lab starts them, on copies of the notebooks (runs save outputs)."""
+    """The stack and JupyterLab as ./scripts/lab starts them — a recorded `statelab up` stack (Redis with one
+    replica, one sidecar) whose DAPR_HTTP_ENDPOINT the kernels inherit — on copies of the notebooks."""
     base = tmp_path_factory.mktemp("browser")
     root = base / "notebooks"
     shutil.copytree(ROOT / "notebooks", root)
-    stack = make_stack(base / "stack", store="redis", replicas=1, sidecars=1).start()
-    try:
-        server = start_jupyterlab(base, root, env={**os.environ, **stack.env()})
+    home = base / "statelab-home"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("STATELAB_HOME", str(home))  # where `statelab up` records the stack, as the kernels will read it
+        stack = on_free_ports(Stack(store="redis", replicas=1, sidecars=1, http_port=20000, grpc_port=20004,
+                                    redis_port=20008, internal_grpc_port=20012), step=16, randomly=True)
+        stack = local.up(**{f: getattr(stack, f) for f in ("store", "replicas", "sidecars", "http_port",
+                                                          "grpc_port", "redis_port", "internal_grpc_port")})
         try:
-            yield server
-            server.shutdown_kernels()
+            server = start_jupyterlab(base, root, env={**os.environ, **stack.env()})
+            try:
+                yield server
+                server.shutdown_kernels()
+            finally:
+                server.stop()
         finally:
-            server.stop()
-    finally:
-        stack.stop()
+            local.down()
 
 
 def start_jupyterlab(base: Path, root: Path, env: dict[str, str]) -> JupyterLab:
@@ -133,7 +143,7 @@ def start_jupyterlab(base: Path, root: Path, env: dict[str, str]) -> JupyterLab:
     env = {
         **env,
         "STATELAB_OUTPUT_DIR": str(base / "metrics"),
-        "STATELAB_HOME": str(base / "statelab-home"),
+        "STATELAB_HOME": str(base / "statelab-home"),  # the `statelab up` record of the lab fixture
         # Only the project's configuration: not the developer's ~/.jupyter, settings or saved workspaces.
         "JUPYTER_CONFIG_DIR": str(home / "config"),
         "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
@@ -234,6 +244,28 @@ def run_all(page) -> None:
         raise AssertionError(f"Run All did not finish; the cells' prompts: {prompts}") from None
 
 
+def overflowing_outputs(page) -> list[str]:
+    """Outputs wider than the notebook: ones that scroll sideways, or tables, images or text past the panel's
+    right edge. (A collapsed ``<details>`` table is not shown, so it is not measured.)"""
+    return page.evaluate("""() => {
+        const panel = document.querySelector('.jp-NotebookPanel .jp-Notebook');
+        const right = panel.getBoundingClientRect().right;
+        const found = [];
+        for (const out of document.querySelectorAll('.jp-NotebookPanel .jp-OutputArea-output')) {
+            const text = out.textContent.trim().slice(0, 80);
+            if (out.scrollWidth > out.clientWidth + 2) found.push(`scrolls sideways: ${text}`);
+            for (const el of out.querySelectorAll('table, img, pre, svg, .widget-box')) {
+                if (el.closest('details:not([open])')) continue;  // Chromium lays out a closed details' content
+                const box = el.getBoundingClientRect();
+                if (box.width > 0 && box.right > right + 1) {
+                    found.push(`${el.tagName} ${Math.round(box.width)} px wide, ends ${Math.round(box.right - right)} px past the notebook: ${text}`);
+                }
+            }
+        }
+        return found;
+    }""")
+
+
 def error_outputs(page) -> list[str]:
     """The text of every output that shows a traceback."""
     outputs = page.locator(".jp-NotebookPanel .jp-OutputArea-output").all_text_contents()
@@ -270,11 +302,19 @@ def no_first_start_prompts(page) -> None:
 
 
 def summary_table(panel) -> dict[str, str]:
-    """The run summary the panel shows (RunResult's HTML table): column name -> cell text."""
-    table = panel.locator(".jp-OutputArea-output table").first
-    heads = [h.strip() for h in table.locator("th").all_text_contents()]
-    cells = [c.strip() for c in table.locator("td").all_text_contents()]
-    return dict(zip(heads, cells, strict=True))
+    """The run summary the panel shows (RunResult's HTML): column name -> cell text, from the key columns and
+    the full table one click further (opened here, as a learner would)."""
+    output = panel.locator(".jp-OutputArea-output:has(table)").last  # the innermost: the panel's own output
+    more = output.locator("details summary")
+    if more.count():
+        more.first.click()
+    found: dict[str, str] = {}
+    for table in output.locator("table").all():
+        heads = [h.strip() for h in table.locator("th").all_text_contents()]
+        cells = [c.strip() for c in table.locator("td").all_text_contents()]
+        found.update(zip(heads, cells, strict=True))
+    assert found, f"no summary table in: {output.text_content()[:300]!r}"
+    return found
 
 
 # --- the tests -----------------------------------------------------------------------------------------------
@@ -291,6 +331,8 @@ def test_lesson_04_runs_and_the_writers_panel_launches_a_run_that_loses_nothing(
     no_first_start_prompts(page)
     # The lesson's own plots (timeline, acknowledged vs surviving, scaling) are on the page.
     assert page.locator(".jp-NotebookPanel .jp-OutputArea-output img").count() >= 3
+    # It asked for three sidecars and the lab stack has one: it started its own, and the panel offers three.
+    assert page.get_by_text("1 sidecar(s), not 3").count() == 1
 
     cell = page.locator(".jp-CodeCell").filter(has_text="WritersPanel(lab.endpoints)")
     launch = cell.get_by_role("button", name="Launch")
@@ -351,5 +393,23 @@ def test_lesson_01_runs_without_an_error_cell(lab, page):
     assert error_outputs(page) == []
     assert unrun_cells(page) == []
     assert saved_error_cells(page, lab, name) == []
-    # The setup cell says which sidecar it talks to: the stack this module started, as with ./scripts/lab.
-    assert page.get_by_text("Connected to the statelab sidecar at").count() == 1
+    # The setup cell says which sidecar it talks to: the stack ./scripts/lab (here: this module) started.
+    assert page.get_by_text("Connected to the local stack").count() == 1
+    assert overflowing_outputs(page) == []
+
+
+# Lessons 01 and 04 have tests of their own above; every other lesson: run it all, as a learner would, with
+# its default parameters, and look at it.
+OTHER_LESSONS = sorted(p.name for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")
+                       if not p.name.startswith(("01_", "04_")))
+
+
+@pytest.mark.parametrize("name", OTHER_LESSONS)
+def test_every_lesson_runs_in_the_browser_and_fits_the_notebook(lab, page, name):
+    open_notebook(page, lab, name)
+    run_all(page)
+    screenshot(page, f"{name[:2]}-after-run-all")
+    assert error_outputs(page) == []
+    assert unrun_cells(page) == []
+    assert overflowing_outputs(page) == []
+    assert saved_error_cells(page, lab, name) == []
