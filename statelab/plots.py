@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from statelab.lessons.etags import RetryDemo
     from statelab.writers import RunResult
 
-_PYPLOT_IMPORT = threading.Lock()
+_TEACHING = threading.Lock()
+_IPYTHON_TAUGHT = False
 OUTCOME_COLORS = {"ok": "#2a9d8f", "conflict": "#e76f51", "error": "#6c757d", "unknown": "#9b5de5"}
 
 
@@ -44,32 +45,66 @@ def _figure(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float] | No
 
 
 def _teach_ipython_to_show_figures() -> None:
-    """Inside a kernel, load the notebook's matplotlib backend once: it registers how IPython shows a Figure.
+    """Inside a kernel, tell IPython once to show a Figure as a PNG (what ``%matplotlib inline`` would do).
 
-    (A Figure made without pyplot shows as text until that backend is loaded; importing pyplot loads it.)
+    Figures made without pyplot never load the notebook's backend, which is what usually does this.
     """
-    if "IPython" in sys.modules and "matplotlib.pyplot" not in sys.modules:
-        with _PYPLOT_IMPORT:
-            import matplotlib.pyplot  # noqa: F401  (imported for its side effect: the inline backend)
+    global _IPYTHON_TAUGHT
+    if _IPYTHON_TAUGHT or "IPython" not in sys.modules:
+        return
+    with _TEACHING:
+        if _IPYTHON_TAUGHT:
+            return
+        from IPython import get_ipython
+        from IPython.core.pylabtools import select_figure_formats
+
+        shell = get_ipython()
+        if shell is not None and hasattr(shell, "display_formatter"):
+            select_figure_formats(shell, {"png"}, bbox_inches="tight")
+        _IPYTHON_TAUGHT = True
 
 
 def attempts_histogram(results: Mapping[str, RunResult]) -> Figure:
-    """How many attempts each successful write needed, one bar group per label (e.g. per policy)."""
+    """How many attempts each successful write needed, per label (e.g. per policy).
+
+    Up to three labels: grouped bars on whole-number ticks. More: one ECDF line per label, which stays readable
+    where five groups of thin bars would not.
+    """
     fig, ax = _figure(figsize=(7, 3.5))
     labels = list(results)
-    width = 0.8 / max(1, len(labels))
     top = max((max(r.history.attempts_per_success(), default=1) for r in results.values()), default=1)
-    xs = range(1, top + 1)
-    for i, label in enumerate(labels):
-        counts = Counter(results[label].history.attempts_per_success())
-        ax.bar([x + (i - (len(labels) - 1) / 2) * width for x in xs], [counts.get(x, 0) for x in xs],
-               width=width, label=label)
+    if len(labels) <= 3:
+        width = 0.8 / max(1, len(labels))
+        xs = range(1, top + 1)
+        for i, label in enumerate(labels):
+            counts = Counter(results[label].history.attempts_per_success())
+            ax.bar([x + (i - (len(labels) - 1) / 2) * width for x in xs], [counts.get(x, 0) for x in xs],
+                   width=width, label=label)
+        ax.set_ylabel("writes")
+        ax.set_xlim(0.5, top + 0.5)
+    else:
+        for label in labels:
+            values = sorted(results[label].history.attempts_per_success())
+            if values:
+                ax.step(values, [(i + 1) / len(values) for i in range(len(values))], where="post", label=label)
+        ax.set_ylabel("fraction of writes at or below")
+        ax.set_ylim(0, 1.02)
+        ax.grid(True, alpha=0.3)
+    _whole_numbers(ax.xaxis)
+    if len(labels) <= 3:
+        _whole_numbers(ax.yaxis)
     ax.set_xlabel("attempts needed by a successful write")
-    ax.set_ylabel("writes")
     ax.set_title("Attempts per successful write")
     if len(labels) > 1:
-        ax.legend(frameon=False)
+        ax.legend(frameon=False, fontsize="small", loc="lower right" if len(labels) > 3 else "best")
     return fig
+
+
+def _whole_numbers(axis: Any) -> None:
+    """Ticks only at whole numbers: counts and attempt numbers have no 0.6 or 1.4."""
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))
 
 
 def scaling(rows: Sequence[Mapping[str, Any]], *, by: str = "policy") -> Figure:
@@ -87,20 +122,50 @@ def scaling(rows: Sequence[Mapping[str, Any]], *, by: str = "policy") -> Figure:
 
 
 def timeline(result: RunResult, *, max_writers: int = 16) -> Figure:
-    """Every attempt as a bar from read to answer, one row per writer, coloured by outcome."""
+    """Every attempt as a bar from read to answer, one row per writer, coloured by outcome.
+
+    Acknowledged writes that did not survive are drawn apart, dark and hatched, as "acknowledged, then lost":
+    the history checker's findings name them (``statelab.history``): of the writes acknowledged on top of the
+    same version of a key, all but the last to be answered were overwritten; an appended id missing from the
+    final list was lost with its write. When the store lost more than the findings pin on a write (a stale
+    write can also undo later ones), the title says how many more.
+    """
+    acknowledged = {a.op_id: a for a in result.history.acknowledged()}
+    lost: set[tuple[int, int, int]] = set()  # (writer, op, attempt) of the acknowledged writes that vanished
+    for finding in result.findings:
+        group = [acknowledged[op] for op in finding.ops if op in acknowledged]
+        if finding.kind == "same-version" and group:
+            survivor = max(group, key=lambda a: a.end)
+            lost |= {(a.writer, a.op, a.attempt) for a in group if a is not survivor}
+        elif finding.kind == "missing-ids":
+            lost |= {(a.writer, a.op, a.attempt) for a in group}
+    unpinned = max(0, result.lost_updates - len(lost))
     writers = sorted({a.writer for a in result.history.attempts})[:max_writers]
     fig, ax = _figure(figsize=(9, 0.35 * len(writers) + 1.5))
-    for outcome, color in OUTCOME_COLORS.items():
-        spans = [a for a in result.history.attempts if a.outcome == outcome and a.writer in writers]
+
+    def bars(spans: list[Any], label: str, **style: Any) -> None:
         if spans:
             ax.barh([a.writer for a in spans], [max(a.end - a.start, 1e-4) for a in spans],
-                    left=[a.start for a in spans], color=color, height=0.7, label=outcome)
+                    left=[a.start for a in spans], height=0.7, label=label, edgecolor="white", linewidth=0.6,
+                    **style)
+
+    shown = [a for a in result.history.attempts if a.writer in writers]
+    for outcome, color in OUTCOME_COLORS.items():
+        bars([a for a in shown if a.outcome == outcome and (a.writer, a.op, a.attempt) not in lost], outcome,
+             color=color)
+    vanished = [a for a in shown if (a.writer, a.op, a.attempt) in lost]
+    bars(vanished, "acknowledged, then lost", color="#2b2d42", hatch="xxx")
     ax.set_yticks(writers, [f"writer {w}" for w in writers])
     ax.invert_yaxis()
     ax.set_xlabel("seconds since the start")
-    ax.set_title("Timeline of attempts (read → save answered)")
+    title = "Timeline of attempts (read → save answered)"
+    if lost or unpinned:
+        title += f"\n{len(lost) + unpinned} acknowledged writes lost"
+        if unpinned:
+            title += f" ({unpinned} not pinned on a write: a stale save undid later ones)"
+    ax.set_title(title)
     if result.history.attempts:
-        ax.legend(frameon=False, ncols=4, loc="upper center", bbox_to_anchor=(0.5, -0.2))
+        ax.legend(frameon=False, ncols=5, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     return fig
 
 
@@ -113,8 +178,9 @@ def acknowledged_vs_surviving(results: Mapping[str, RunResult]) -> Figure:
     ax.bar([x + 0.2 for x in xs], [results[k].surviving for k in labels], width=0.4, label="in the store at the end")
     ax.set_xticks(list(xs), labels)
     ax.set_ylabel("updates")
+    _whole_numbers(ax.yaxis)
     ax.set_title("What the writers were told vs what survived")
-    ax.legend(frameon=False)
+    ax.legend(frameon=False, ncols=2, loc="upper center", bbox_to_anchor=(0.5, -0.12))  # below the bars, never on one
     return fig
 
 
@@ -172,7 +238,7 @@ def policy_delays(names: Sequence[str], *, base: float, cap: float, attempts: in
 
 def save_latencies(timings: SaveTimings) -> Figure:
     """Lesson 02: the ECDF of save latencies per consistency mode, log x-axis, each median marked."""
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator
 
     fig, ax = _figure(figsize=(7, 3.8))
     colours = {"strong": "tab:red", "eventual": "tab:blue"}
@@ -186,6 +252,7 @@ def save_latencies(timings: SaveTimings) -> Figure:
     ax.set_xscale("log")
     plain = FuncFormatter(lambda x, _pos: f"{x:g}")  # 1.5, not 1.5×10⁰
     ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))  # 0.2 0.5 1 2 5: labels that never run together
     ax.xaxis.set_minor_formatter(plain)
     ax.set_xlabel("save latency, ms (log scale)")
     ax.set_ylabel("fraction of saves at or below")

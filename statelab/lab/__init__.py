@@ -2,7 +2,9 @@
 
 One module per lab (``lab01_fix_the_docs`` … ``lab05_consistency``), the ``Checker`` that runs their checks
 (``checker``), what a check returns (``results``), how it calls and watches learner code (``learner_code``,
-``recording``) and class mode (``classroom``).
+``recording``) and class mode (``classroom``). ``catalogue`` holds the answers learners actually write, wrong
+and right, with the verdict and the words each check must give them (``tests/labs/test_catalogue.py`` runs
+them all against real sidecars); ``guide`` turns it into the instructor guide, ``labs/INSTRUCTOR.md``.
 
 A lab's setup cell makes one ``Checker("02_increment_lab", lab)``; each check cell passes the learner's
 own function objects (or values) to one of its methods, e.g. ``check.increment(attempt, backoff,

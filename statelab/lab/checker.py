@@ -191,7 +191,10 @@ class Checker:
         return self._run("increment", check_increment, attempt, backoff, max_attempts, writers, operations)
 
     def timeline(self) -> Figure | Note:
-        """The timeline of the last increment run (one row per writer), or a note if there is none yet."""
+        """The timeline of the last increment run (one row per writer), or a note if there is none yet.
+
+        A wrong solution's timeline marks the writes that were acknowledged and then lost (``plots.timeline``).
+        """
         if self._last_increment is None:
             return Note("No increment run yet: the timeline appears once `check.increment(...)` has run your writers.")
         from statelab import plots

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import requests
 
 from statelab.client import LAST_WRITE
-from statelab.lab.learner_code import call, current_etag, fresh_key, raised, short, your_line
+from statelab.lab.learner_code import call, current_etag, described, fresh_key, raised, short, your_line
 from statelab.lab.recording import Exchange, exchange_of
 from statelab.lab.results import CheckResult, failed, passed
 
@@ -46,6 +46,13 @@ def _explain_refusal(ex: Exchange | None, store: str) -> str:
     return f"The sidecar answered {ex.status} {ex.error_code}".rstrip() + "."
 
 
+def _item(ex: Exchange | None) -> dict | None:
+    """The first item of a save's JSON array, if the exchange was one."""
+    if ex is None or not isinstance(ex.body, list):
+        return None
+    return next((i for i in ex.body if isinstance(i, dict)), None)
+
+
 def check_save(ck: Checker, save: Any) -> CheckResult:
     key, value = fresh_key("lab01-save"), {"item": "coffee", "qty": 2}
     with ck._watching_http() as wire:
@@ -68,9 +75,11 @@ def check_save(ck: Checker, save: Any) -> CheckResult:
             where = " (a `consistency` header is ignored)" if last.header("consistency") else ""
             return failed("save", "Saved, but not with strong consistency, which the page asks for" + where +
                                    ": put `\"options\": {\"consistency\": \"strong\"}` into the item.")
-    seen = "" if last is not None else " (sent without `requests`, so the check could not see the request)"
-    return passed("save", f"`{key}` holds {json.dumps(value)}: a POST of a JSON array with one item, answered 204, "
-                           f"with `options.consistency` strong inside the item{seen}.")
+    if last is None:
+        return passed("save", f"`{key}` holds {json.dumps(value)}. (The request did not go through `http`, so the check "
+                               "could not see how it was sent: send with `http` to have strong consistency checked too.)")
+    return passed("save", f"`{key}` holds {json.dumps(value)}: your {last.method} sent a JSON array with one item, "
+                           f"answered {last.status}, with `options.consistency` strong inside the item.")
 
 
 def check_get(ck: Checker, get: Any) -> CheckResult:
@@ -85,9 +94,9 @@ def check_get(ck: Checker, get: Any) -> CheckResult:
     if isinstance(out, list) and len(out) == 2:
         out = tuple(out)
     if not (isinstance(out, tuple) and len(out) == 2):
-        what = "a response object" if isinstance(out, requests.Response) else type(out).__name__
-        return failed("get", f"`get()` returned {what}; return a tuple `(value, etag)`: `resp.json()` and "
-                              "`resp.headers[\"ETag\"]` when the status is 200.")
+        what = f"the response itself ({out!r})" if isinstance(out, requests.Response) else described(out)
+        return failed("get", f"`get()` returned {what}; return a tuple `(value, etag)`: the body of the answer and its "
+                              "`ETag` header, when the status is 200.")
     got, got_etag = out
     if got != value:
         if isinstance(got, str) and got == json.dumps(value, separators=(",", ":")):
@@ -98,6 +107,9 @@ def check_get(ck: Checker, get: Any) -> CheckResult:
         return failed("get", f"`get()` returned {got_etag!r} as the ETag; the store's ETag is {etag!r}: return the "
                               "`ETag` header of the answer.")
     gets = [e for e in wire if e.method == "GET"]
+    if gets and gets[-1].query.get("consistency") not in (None, ["strong"]):
+        return failed("get", f"The read asked for `consistency={gets[-1].query['consistency'][0]}`; the page wants "
+                              "strong: `params={\"consistency\": \"strong\"}`.")
     if gets and "consistency" not in gets[-1].query:
         if gets[-1].header("consistency"):
             return failed("get", "`consistency` went as an HTTP header, as on the docs page, and the sidecar ignores "
@@ -112,19 +124,30 @@ def check_get(ck: Checker, get: Any) -> CheckResult:
     if out not in ((None, None), [None, None]):
         return failed("get", f"For a key that does not exist `get()` returned {short(repr(out))}; return "
                               "`(None, None)` (the sidecar answers 204, no body, no ETag).")
+    where = ("`consistency=strong` went in the query string, where the sidecar reads it." if gets else
+             "(The read did not go through `http`, so the check could not see whether it asked for strong consistency.)")
     return passed("get", "`get()` returns the value and its ETag on 200, and `(None, None)` on 204 for a missing key; "
-                          "`consistency=strong` went in the query string, where the sidecar reads it.")
+                          + where)
 
 
 def check_delete(ck: Checker, delete: Any) -> CheckResult:
     client, store = ck.session.client, ck.store
     key = fresh_key("lab01-delete")
     client.save(store, key, "v1")
-    out, exc = call(delete, ck.url, key)
+    with ck._watching_http() as wire:
+        out, exc = call(delete, ck.url, key)
     if exc is not None:
         return failed("delete", raised(delete, exc, DELETE_TASK))
     if client.get(store, key) is not None:
-        return failed("delete", f"`delete(url, {key!r})` left the key in the store. " + DELETE_TASK)
+        deletes = [e for e in wire if e.method == "DELETE"]
+        if not deletes:
+            return failed("delete", f"`delete(url, {key!r})` left the key in the store: no DELETE request went through "
+                                     "`http`. " + DELETE_TASK)
+        request = deletes[-1]
+        why = (f" to `{urlsplit(request.url).path}`, not to `url/key`"
+               if not urlsplit(request.url).path.endswith("/" + key)
+               else f", answered {request.status} {request.error_code}".rstrip())
+        return failed("delete", f"`delete(url, {key!r})` left the key in the store: your DELETE went{why}. " + DELETE_TASK)
     if out is not True:
         return failed("delete", f"The key is gone, but `delete()` returned {out!r}: return True when the sidecar "
                                  "answers 204.")
@@ -137,7 +160,10 @@ def check_delete(ck: Checker, delete: Any) -> CheckResult:
     deletes = [e for e in wire if e.method == "DELETE"]
     if after is None:
         sent = deletes[-1].header("If-Match") if deletes else None
-        why = ("it sent no `If-Match` header, so the sidecar deleted whatever was there" if deletes and not sent
+        elsewhere = (" (an ETag in the query string is ignored)" if deletes and any("etag" in k.lower()
+                                                                                   for k in deletes[-1].query) else "")
+        why = (f"it sent no `If-Match` header{elsewhere}, so the sidecar deleted whatever was there: send the ETag "
+               "as `headers={\"If-Match\": etag}`" if deletes and not sent
                else "send the ETag in an `If-Match` header")
         return failed("delete", f"A delete with a stale ETag removed `{key}`, which someone had saved again after "
                                  f"that ETag was read: {why}.")
@@ -171,29 +197,44 @@ def check_etag_flow(ck: Checker, get: Any, update: Any, delete: Any) -> CheckRes
     if exc is not None:
         return failed("etag_flow", raised(update, exc, UPDATE_TASK))
     state = client.get(store, key)
-    if ok is not True or state is None or state.value != "New Data":
-        posts = [e for e in wire if e.method in ("POST", "PUT")]
-        why = _explain_refusal(posts[-1] if posts else None, store) if (not posts or posts[-1].status != 204) else ""
+    posts = [e for e in wire if e.method in ("POST", "PUT")]
+    last = posts[-1] if posts else None
+    item = _item(last)
+    if item is not None:
+        if item.get("etag") != etag:
+            ignored = " (an `If-Match` header is ignored on a save)" if last is not None and last.header("If-Match") else ""
+            sent = ("no ETag" if not item.get("etag") else
+                    f"the ETag {short(repr(item.get('etag')), 40)}, not the one it was given ({etag!r})")
+            return failed("etag_flow", f"`update()` saved an item with {sent}{ignored}, so the sidecar cannot tell a "
+                                        "stale update from a current one: it would overwrite a newer version it never "
+                                        "saw. Put the `etag` argument into the item: `\"etag\": etag`.")
+        if (item.get("options") or {}).get("concurrency") == LAST_WRITE:
+            return failed("etag_flow", "`update()` sends `\"concurrency\": \"last-write\"`, which says \"overwrite "
+                                        "whatever is there\": Redis then ignores the ETag, so a stale update goes "
+                                        "through (SQLite and in-memory check it anyway). Say `first-write`, or leave "
+                                        "concurrency out.")
+    if state is not None and state.value == "New Data" and ok is not True:
+        return failed("etag_flow", f"`update()` with the ETag just read saved \"New Data\", but returned {ok!r}: return "
+                                    "True when the sidecar answers 204, so the caller knows it worked.")
+    if state is None or state.value != "New Data":
+        why = _explain_refusal(last, store) if (last is None or last.status != 204) else ""
         return failed("etag_flow", f"`update()` with the ETag just read should save \"New Data\" and return True; it "
                                     f"returned {ok!r} and the store holds {short(repr(state.value if state else None))}. "
                                     + (why or UPDATE_TASK))
-    posts = [e for e in wire if e.method in ("POST", "PUT")]
-    if posts and isinstance(posts[-1].body, list):
-        item = next((i for i in posts[-1].body if isinstance(i, dict)), {})
-        if item.get("etag") != etag:
-            return failed("etag_flow", "`update()` saved without sending the ETag in the item (`\"etag\": etag`), "
-                                        "so it would overwrite anyone's newer version.")
-        if (item.get("options") or {}).get("concurrency") == LAST_WRITE:
-            return failed("etag_flow", "`update()` sends `last-write`, with which Redis ignores the ETag: use "
-                                        "`\"concurrency\": \"first-write\"`.")
-    ok, exc = call(update, ck.url, key, "Newer Data", etag)  # the same ETag again: stale now
+    with ck._watching_http() as wire:
+        ok, exc = call(update, ck.url, key, "Newer Data", etag)  # the same ETag again: stale now
     state = client.get(store, key)
     if state is None or state.value != "New Data":
-        return failed("etag_flow", "A second `update()` with the now stale ETag changed the value: the ETag must go "
-                                    "in the item with `first-write`, so the sidecar can refuse it (409).")
+        item = _item(next((e for e in reversed(wire) if e.method in ("POST", "PUT")), None))
+        why = (f"the item carried the ETag {item.get('etag')!r}, not the stale one `update()` was given: use the `etag` "
+               "argument, do not read a fresh one" if item is not None and item.get("etag") not in (None, etag) else
+               "the ETag must go in the item, without `last-write`, so the sidecar can refuse it (409)")
+        return failed("etag_flow", "A second `update()` with the now stale ETag changed the value to "
+                                    f"{short(repr(state.value if state else None))}: {why}.")
     if exc is not None:
         return failed("etag_flow", f"With a stale ETag the sidecar answers 409 and `update()` raised "
-                                    f"{type(exc).__name__}{your_line(exc)}: handle it, return False.")
+                                    f"{type(exc).__name__}{your_line(exc)}: that is the expected answer, not an error. "
+                                    "Look at the status and return False.")
     if ok is not False:
         return failed("etag_flow", f"The stale update was refused (409), but `update()` returned {ok!r}: return False "
                                     "so the caller knows to re-read.")

@@ -81,7 +81,8 @@ def ready_transfer(ck: Checker, transfer: Any, session: Session) -> CheckResult 
                                    "money appears or vanishes. Send both upserts in one transaction.")
     missing = [who for who, key in (("alice", accounts.alice), ("bob", accounts.bob)) if not txs[-1].etags.get(key)]
     if missing:
-        which = "The upserts of alice and bob carry" if len(missing) == 2 else f"The upsert of {missing[0]} carries"
+        which = ("Each of the two upserts (alice's and bob's) carries" if len(missing) == 2
+                 else f"The upsert of {missing[0]} carries")
         return failed("transfer", f"{which} no ETag: the store cannot refuse a transaction based on an old balance, so "
                                    "a transfer made between your reads and your transaction would be overwritten. Pass "
                                    "the ETag of each balance you read to its `upsert`.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from statelab.lab.learner_code import is_placeholder, short
+from statelab.lab.learner_code import described, is_placeholder, short
 from statelab.lab.results import CheckResult, failed, passed
 
 if TYPE_CHECKING:
@@ -31,11 +31,12 @@ def check_measurement(ck: Checker, timings: Any) -> CheckResult:
     from statelab.lessons.consistency import SaveTimings
 
     if is_placeholder(timings):
-        return failed("measurement", "`timings` is still the placeholder: measure strong and eventual saves with "
-                                      "`consistency.measure_saves(lab, samples=samples, seed=seed)`.")
+        return failed("measurement", "`timings` is still the placeholder `...`: measure strong and eventual saves with "
+                                      "lesson 02's `consistency.measure_saves(...)` and keep what it returns.")
     if not isinstance(timings, SaveTimings):
-        return failed("measurement", f"`timings` is a {type(timings).__name__}; the check reads what "
-                                      "`consistency.measure_saves(...)` returns.")
+        return failed("measurement", f"`timings` is {described(timings)}; the check reads the whole result of "
+                                      "`consistency.measure_saves(...)` (a `SaveTimings`: latencies, stale reads and "
+                                      "WAIT counts), not a number or a summary of it. Keep what it returns.")
     n = min(len(timings.latency_ms[STRONG]), len(timings.latency_ms[EVENTUAL]))
     if n < 50:
         return failed("measurement", f"Only {n} saves per mode: measure at least 50 so the medians settle.")
@@ -64,13 +65,21 @@ def check_measurement(ck: Checker, timings: Any) -> CheckResult:
 def check_replica_down(ck: Checker, strong_save_fails: Any) -> CheckResult:
     from statelab.lessons import consistency
 
+    if is_placeholder(strong_save_fails):
+        return failed("replica_down", "`strong_save_fails_when_replica_down` is still the placeholder `...`: predict "
+                                       "True or False first, then run the check.")
     if not isinstance(strong_save_fails, bool):
-        return failed("replica_down", "`strong_save_fails_when_replica_down` is still the placeholder: predict True or "
-                                       "False first, then run the check.")
+        return failed("replica_down", f"`strong_save_fails_when_replica_down` is {described(strong_save_fails)}: "
+                                       "write True or False (without quotes).")
     down = consistency.save_with_replica_down(ck.session, progress=ck.progress)
     if down.skipped:
-        return passed("replica_down", f"Not measured here: {down.skipped.removeprefix('Skipped: ')} On the local "
-                                       "stack the strong save still answers 204, about one second late.")
+        known = "on the local stack the strong save still answers 204, about one second late"
+        where = down.skipped.removeprefix("Skipped: ")
+        if strong_save_fails:
+            return failed("replica_down", f"Not measured here: {where} But you predicted that it fails, and it does "
+                                           f"not: {known} (docs/dapr-behaviour.md §12: the answer of WAIT is not "
+                                           "checked).")
+        return passed("replica_down", f"Not measured here: {where} Your prediction matches what Redis does: {known}.")
     fails = not down.strong_ok
     if strong_save_fails != fails:
         return failed("replica_down", f"You predicted that it {'fails' if strong_save_fails else 'succeeds'}. "
@@ -88,14 +97,20 @@ def check_choice(ck: Checker, answers: dict[str, Any]) -> CheckResult:
     for name in SCENARIOS:
         answer = answers[name]
         if is_placeholder(answer):
-            return failed("choice", f"`{name}` is still the placeholder: write `(\"strong\" or \"eventual\", "
+            return failed("choice", f"`{name}` is still the placeholder `...`: write `(\"strong\" or \"eventual\", "
                                      "\"why, in one sentence\")`.")
-        if not (isinstance(answer, tuple) and len(answer) == 2):
-            return failed("choice", f"`{name}` is {short(repr(answer))}; write a pair `(level, reason)`, e.g. "
-                                     "`(\"eventual\", \"because ...\")`.")
+        if not (isinstance(answer, (tuple, list)) and len(answer) == 2):
+            return failed("choice", f"`{name}` is {described(answer)}; write a pair `(level, reason)`, e.g. "
+                                     "`(\"eventual\", \"because ...\")`: the level, and the reason a colleague can check.")
         if answer[0] not in (STRONG, EVENTUAL):
-            return failed("choice", f"The level of `{name}` is {answer[0]!r}: say \"strong\" or \"eventual\".")
-        if not isinstance(answer[1], str) or len(answer[1].split()) < 4:
+            spelt = (" (lower case, as the API spells it)" if isinstance(answer[0], str)
+                     and answer[0].strip().lower() in (STRONG, EVENTUAL) else "")
+            return failed("choice", f"The level of `{name}` is {described(answer[0])}: say \"strong\" or "
+                                     f"\"eventual\"{spelt}.")
+        if not isinstance(answer[1], str):
+            return failed("choice", f"The reason for `{name}` is {described(answer[1])}: write it as a sentence (a "
+                                     "str), ideally quoting what you measured.")
+        if len(answer[1].split()) < 4:
             return failed("choice", f"Justify `{name}` in a sentence (ideally quoting what you measured); "
                                      f"{short(repr(answer[1]))} is too short for a colleague to follow.")
     timings = ck._last_timings
@@ -104,7 +119,8 @@ def check_choice(ck: Checker, answers: dict[str, Any]) -> CheckResult:
              if timings and timings.stale.get(EVENTUAL) is not None else "this session could not read the replica")
     for name, (want, why) in SCENARIOS.items():
         if answers[name][0] != want:
-            return failed("choice", f"Think again about `{name}`: {why.format(cost=cost, stale=stale)}")
+            return failed("choice", f"You chose {answers[name][0]} for `{name}`. Think again: "
+                                     f"{why.format(cost=cost, stale=stale)}")
     chosen = "; ".join(f"{n}: {answers[n][0]}" for n in SCENARIOS)
     return passed("choice", f"{chosen}. Strong is worth its cost ({cost}) only where something reads the replica "
                              "(or must survive losing the primary right after the 204); the sidecar itself always "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,8 @@ class Call:
     etags: dict[str, str | None] = field(default_factory=dict)  # save/transaction/delete: key -> ETag sent
     concurrency: dict[str, str | None] = field(default_factory=dict)  # key -> concurrency option sent
     values: dict[str, Any] = field(default_factory=dict)  # save/transaction upserts: key -> value sent
+    started: float = 0.0  # time.perf_counter() when the request went out
+    ended: float = 0.0  # ... and when its answer was in
 
 
 def _describe_call(method: str, path: str, params: dict | None, body: Any, headers: dict | None,
@@ -73,8 +76,9 @@ def _describe_call(method: str, path: str, params: dict | None, body: Any, heade
 class RecordingClient(StateClient):
     """A ``StateClient`` that keeps every state call, and can let "someone else" write right after a read.
 
-    ``interpose(key, action)`` runs ``action()`` once, right after the first read of ``key`` returns: the
-    deterministic way to put a competing write between a learner's read and their write.
+    ``interpose(key, action)`` runs ``action()`` once, right after the first read of ``key`` returns (a get,
+    or a bulk get that includes it): the deterministic way to put a competing write between a learner's read
+    and their write.
     """
 
     def __init__(self, endpoint: str, *, api_token: str = "", timeout: float = 10.0) -> None:
@@ -88,14 +92,17 @@ class RecordingClient(StateClient):
 
     def request(self, method: str, path: str, *, params: dict | None = None, json_body: Any = None,
                 headers: dict | None = None, data: bytes | None = None) -> Reply:
+        started = time.perf_counter()
         resp = super().request(method, path, params=params, json_body=json_body, headers=headers, data=data)
         call = _describe_call(method, path, params, json_body, headers, resp)
+        call.started, call.ended = started, time.perf_counter()
         self.calls.append(call)
-        if call.kind == "get" and resp.status_code in (200, 204):
-            action = self._after_read.pop(call.keys[0], None)
-            if action is not None:
-                action()
-                self.interposed.append(call.keys[0])
+        if call.kind in ("get", "bulk") and resp.status_code in (200, 204):
+            for key in call.keys:  # a bulk get reads several keys at once: the same as reading each
+                action = self._after_read.pop(key, None)
+                if action is not None:
+                    action()
+                    self.interposed.append(key)
         return resp
 
     def since(self, mark: int) -> list[Call]:

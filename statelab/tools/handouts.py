@@ -10,9 +10,14 @@ answer replaced:
   fails, and the lab's first check reports the stub with its hint instead of an error stopping the run.
 - a markdown cell becomes an invitation to write the answer.
 
+Cells tagged ``answer`` are the full answers, one click further than the hints: markdown cells whose source
+is hidden (``{"jupyter": {"source_hidden": true}}``, which JupyterLab shows as a collapsed ``⋯`` bar). A
+handout keeps them, collapsed: a learner who is stuck after the check's hints opens one on purpose. An answer
+cell that is not a collapsed markdown cell is refused (it would show the answer to everyone).
+
 Tags ``solution`` become ``todo``, relative links are rewritten for the handouts folder, outputs are
 dropped, and the title cell says it is a learner copy. Handouts are committed and never edited by hand:
-``./scripts/handouts`` regenerates them, ``./scripts/handouts --check`` (and ``tests/test_handouts.py``)
+``./scripts/handouts`` regenerates them, ``./scripts/handouts --check`` (and ``tests/labs/test_handouts.py``)
 fails when one is missing or differs from what its lab generates.
 """
 
@@ -35,6 +40,7 @@ ROOT = REPO
 LABS = ROOT / "labs"
 SOLUTION_TAG = "solution"
 TODO_TAG = "todo"
+ANSWER_TAG = "answer"  # a collapsed markdown cell holding the full answer (kept, collapsed, in the handout)
 MARKDOWN_STUB = "✏️ *Your answer here: double-click this cell and write it in your own words.*"
 LEARNER_NOTE = ("> **Learner copy.** The cells marked ✏️ are yours: replace each `TODO` and run the check "
                 "below it. (Generated from the lab by `./scripts/handouts`; edit the lab, not this file.)")
@@ -139,6 +145,9 @@ def make_handout(nb: Any, lab: Path, out_dir: Path) -> Any:
         if cell.cell_type == "code":
             cell.outputs = []
             cell.execution_count = None
+        if ANSWER_TAG in tags and not is_collapsed_answer(cell):
+            raise HandoutError(f"{lab.name}, cell {index}: a cell tagged {ANSWER_TAG!r} must be a markdown cell whose "
+                               "source is hidden (metadata jupyter.source_hidden), or every learner sees the answer")
         if SOLUTION_TAG in tags:
             solutions += 1
             cell.metadata["tags"] = [TODO_TAG if t == SOLUTION_TAG else t for t in tags]
@@ -156,6 +165,12 @@ def make_handout(nb: Any, lab: Path, out_dir: Path) -> Any:
         title.source = f"{head}\n\n{LEARNER_NOTE}\n{rest}" if rest else f"{head}\n\n{LEARNER_NOTE}"
     handout.metadata["statelab"] = {"handout_of": lab.name, "generated_by": "./scripts/handouts"}
     return handout
+
+
+def is_collapsed_answer(cell: Any) -> bool:
+    """Whether ``cell`` is an answer one click away: markdown, its source hidden (JupyterLab collapses it)."""
+    hidden = cell.get("metadata", {}).get("jupyter", {}).get("source_hidden") is True
+    return bool(cell.get("cell_type") == "markdown" and hidden)
 
 
 def render(nb: Any) -> str:
