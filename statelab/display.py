@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -83,25 +84,39 @@ def show(resp: requests.Response) -> Exchange:
 
 @dataclass
 class Source:
-    """The source of a function or class the lesson calls, shown in the notebook ("show me the code")."""
+    """Code or a resource file shown in the notebook, highlighted ("show me the code", a Component YAML)."""
 
     name: str
     path: str  # relative to the checkout, e.g. statelab/lessons/etags.py
     first_line: int
     text: str
+    language: str = "python"  # a pygments lexer name: "python", "yaml"
 
     def __repr__(self) -> str:
-        return f"# {self.path}, line {self.first_line}\n{self.text}"
+        where = f", line {self.first_line}" if self.first_line > 1 else ""
+        return f"# {self.path}{where}\n{self.text}"
 
     def _repr_html_(self) -> str:
-        where = f"<p style='margin:0'><code>{html.escape(self.path)}</code>, line {self.first_line}</p>"
+        line = f", line {self.first_line}" if self.first_line > 1 else ""
+        where = f"<p style='margin:0'><code>{html.escape(self.path)}</code>{line}</p>"
         try:
             from pygments import highlight
             from pygments.formatters import HtmlFormatter
-            from pygments.lexers import PythonLexer
+            from pygments.lexers import get_lexer_by_name
         except ImportError:  # pygments comes with JupyterLab; plain text otherwise
             return where + f"<pre>{html.escape(self.text)}</pre>"
-        return where + highlight(self.text, PythonLexer(), HtmlFormatter(noclasses=True, nowrap=False))
+        return where + highlight(self.text, get_lexer_by_name(self.language), HtmlFormatter(noclasses=True))
+
+
+def show_file(path: str | os.PathLike[str], language: str = "yaml") -> Source:
+    """A whole file (a Component or Resiliency YAML, an app), shown like ``show_code``; a relative ``path`` is
+    taken from the checkout's root."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    full = Path(path) if Path(path).is_absolute() else root / path
+    shown = str(full.relative_to(root)) if full.is_relative_to(root) else str(full)
+    return Source(full.name, shown, 1, full.read_text(encoding="utf-8").rstrip(), language)
 
 
 def show_code(obj: object) -> Source:

@@ -61,16 +61,18 @@ def find_redis_server() -> str:
     )
 
 
-def find_daprd() -> str:
+def find_daprd(*, build: bool = True) -> str:
     """Path of a real daprd: ``$STATELAB_DAPRD``, else ``scripts/daprd``'s build (made on first use, a few
-    minutes; it falls back to a daprd on PATH or in ``~/.dapr/bin`` when Go is missing)."""
+    minutes; it falls back to a daprd on PATH or in ``~/.dapr/bin`` when Go is missing). ``build=False`` never
+    builds: a StackError unless a daprd is already there (what a notebook cell may wait for)."""
     if found := os.environ.get("STATELAB_DAPRD"):
         if os.access(found, os.X_OK):
             return found
         raise StackError(f"STATELAB_DAPRD={found} is not an executable file")
     script = REPO / "scripts" / "daprd"
-    logger.info("finding daprd with %s (the first build takes a few minutes)", script)
-    done = subprocess.run([str(script)], capture_output=True, text=True)
+    if build:
+        logger.info("finding daprd with %s (the first build takes a few minutes)", script)
+    done = subprocess.run([str(script)] if build else [str(script), "--no-build"], capture_output=True, text=True)
     for line in done.stderr.splitlines():
         logger.info("%s", line)
     lines = done.stdout.strip().splitlines()

@@ -59,6 +59,11 @@ class Stack:
 
     Use as a context manager, or ``start()`` / ``stop()``. ``sidecars=0`` starts only the store (e.g. to
     point a real ``daprd`` at a local Redis with replicas).
+
+    The sidecars load ``components/<store>/`` pointed at this stack's store, or ``resources_path``: a folder of
+    Dapr resources of your own (Component files, a Resiliency for daprd) given the same treatment. With
+    ``start_store=False`` the stack starts no store at all and the sidecars load ``resources_path`` exactly as
+    written, so its components say where the store is (what ``dapr run --resources-path`` does).
     """
 
     store: Store = "redis"
@@ -79,6 +84,9 @@ class Stack:
     start_timeout: float = 15.0  # seconds to wait for each process to become ready
     runtime: Runtime = "statelab"  # "daprd": real Dapr sidecars (./scripts/daprd) on the same stores and ports
     internal_grpc_port: int | None = None  # daprd only: sidecar i's internal gRPC port; None: http_port + 100
+    resources_path: Path | None = None  # Dapr resources to load instead of components/<store>/ (see the docstring)
+    start_store: bool = True  # False: no store process; the sidecars load resources_path as written
+    daprd: str | None = None  # runtime="daprd": the binary to run; None: find_daprd() (which may build one)
 
     _redis: list[Child] = field(default_factory=list, init=False, repr=False)
     _sidecars: list[Child] = field(default_factory=list, init=False, repr=False)
@@ -95,6 +103,12 @@ class Stack:
             raise ValueError("replicas and sidecars must not be negative")
         if self.run_dir is not None:
             self.run_dir = Path(self.run_dir)
+        if self.resources_path is not None:
+            self.resources_path = Path(self.resources_path)
+            if not self.resources_path.is_dir():
+                raise ValueError(f"resources_path {self.resources_path} is not a folder")
+        elif not self.start_store:
+            raise ValueError("start_store=False needs a resources_path whose components say where the store is")
         if self.shared and self.store == "redis" and not self.redis_password:
             self.redis_password = secrets.token_urlsafe(24)
         if self.grpc_port is None:
@@ -116,8 +130,12 @@ class Stack:
 
     @property
     def redis_replicas(self) -> int:
-        """Number of Redis replicas actually started (0 unless the store is Redis)."""
-        return self.replicas if self.store == "redis" else 0
+        """Number of Redis replicas actually started (0 unless the stack starts a Redis store)."""
+        return self.replicas if self._own_redis else 0
+
+    @property
+    def _own_redis(self) -> bool:
+        return self.store == "redis" and self.start_store
 
     @property
     def ports(self) -> list[int]:
@@ -126,7 +144,7 @@ class Stack:
         ports += [self._grpc_base + i for i in range(self.sidecars)]
         if self.runtime == "daprd":
             ports += [self._internal_base + i for i in range(self.sidecars)]
-        if self.store == "redis":
+        if self._own_redis:
             ports += [self.redis_port + j for j in range(1 + self.redis_replicas)]
         return ports
 
@@ -180,6 +198,8 @@ class Stack:
         (``password=False`` leaves it out, for what is printed or written to disk)."""
         if self.store != "redis":
             raise StackError(f"this stack runs on {self.store}, not Redis")
+        if not self.start_store:
+            raise StackError(f"this stack started no Redis: its sidecars use the store that {self.resources_path} names")
         if not 0 <= i <= self.redis_replicas:
             raise IndexError(f"redis index {i} out of range (0 = primary, 1..{self.redis_replicas} = replicas)")
         auth = f":{quote(self.redis_password, safe='')}@" if password and self.redis_password else ""
@@ -201,11 +221,43 @@ class Stack:
             env["DAPR_API_TOKEN"] = self.api_token
         return env
 
+    def app_env(self) -> dict[str, str]:
+        """The environment ``dapr run`` gives the app it starts beside the first sidecar.
+
+        dapr/cli sets ``APP_ID``, ``APP_PROTOCOL`` (``http`` unless told otherwise), ``DAPR_HTTP_PORT`` and
+        ``DAPR_GRPC_PORT`` (and ``APP_PORT`` / ``DAPR_METRICS_PORT`` when there are such ports; here there are
+        none). ``env()`` adds the endpoints, which dapr run leaves out: the SDKs prefer them to the ports, so a
+        value left in the shell by ``statelab up``'s export line would otherwise send the app elsewhere.
+        """
+        return {"APP_ID": self.app_id, "APP_PROTOCOL": "http", **self.env()}
+
+    def store_component(self, name: str = "statestore", **metadata: str) -> dict[str, Any]:
+        """The Component of this stack's store profile (``components/<store>/statestore.yaml``) as a dict, named
+        ``name``, pointed at this stack's Redis or SQLite file, with ``metadata`` set (``keyPrefix="name"``…): for a
+        resources folder of your own, e.g. a second sidecar on the same store (``start_store=False``)."""
+        if not self.start_store:
+            raise StackError(f"this stack started no store: its components are in {self.resources_path}")
+        if self.run_dir is None:
+            raise StackError("this stack has not been started: there is no store to point at yet")
+        path = components_source() / self.store / "statestore.yaml"
+        doc: dict[str, Any] = self._rewrite(next(d for d in yaml.safe_load_all(path.read_text()) if d))
+        doc["metadata"]["name"] = name
+        items = doc["spec"].setdefault("metadata", [])
+        for key, value in metadata.items():
+            found = [item for item in items if item.get("name") == key]
+            if found:
+                found[0]["value"] = value
+            else:
+                items.append({"name": key, "value": value})
+        return doc
+
     def describe(self) -> str:
         """One line saying what runs where."""
         noun = f"{self.runtime} sidecar{'' if self.sidecars == 1 else 's'}"  # "statelab sidecar", "daprd sidecars"
         store: str = self.store
-        if self.store == "redis":
+        if not self.start_store:
+            store = f"the store its components name ({self.resources_path})"
+        elif self.store == "redis":
             store += f" with {self.replicas} replica{'' if self.replicas == 1 else 's'}"
             store += f" ({self.redis_url(password=False)}{', AOF' if self.appendonly else ''}"
             store += f"{', password required' if self.redis_password else ''})"
@@ -229,7 +281,7 @@ class Stack:
         if not self.detach:
             _running.add(self)
         try:
-            if self.store == "redis":
+            if self._own_redis:
                 self._start_redis()
             self._components_dir = self._write_components()
             self._start_sidecars()
@@ -285,6 +337,12 @@ class Stack:
         Waits until it answers PING (after replaying its AOF, if any) and every running replica is linked
         again. Without ``appendonly`` the primary comes back empty, and so do its replicas after resyncing.
         """
+        self.stop_redis_primary(sig)
+        self.start_redis_primary()
+
+    def stop_redis_primary(self, sig: int = signal.SIGKILL) -> None:
+        """Stop the Redis primary with ``sig`` (SIGKILL after a grace period) and wait until it has exited: the
+        sidecars' connections to it are refused until ``start_redis_primary()``."""
         if self.store != "redis" or not self._redis:
             raise StackError("this stack has no Redis primary")
         primary = self._redis[0]
@@ -292,7 +350,13 @@ class Stack:
         if not primary.wait_exit(STOP_GRACE_SECONDS):
             primary.signal(signal.SIGKILL)
             primary.wait_exit(STOP_GRACE_SECONDS)
-        self._restart(primary)
+
+    def start_redis_primary(self) -> None:
+        """Start the stopped Redis primary on the same port and data folder; return once it answers PING (after
+        replaying its AOF, if any) and every running replica is linked again."""
+        if self.store != "redis" or not self._redis:
+            raise StackError("this stack has no Redis primary")
+        self._restart(self._redis[0])
         for replica in self._redis[1:]:
             if replica.running:
                 self._wait_ready(replica)
@@ -372,7 +436,7 @@ class Stack:
         names.update({self._grpc_base + i: f"sidecar {i} gRPC" for i in range(self.sidecars)})
         if self.runtime == "daprd":
             names.update({self._internal_base + i: f"daprd {i} internal gRPC" for i in range(self.sidecars)})
-        if self.store == "redis":
+        if self._own_redis:
             names[self.redis_port] = "Redis primary"
             names.update({self.redis_port + 1 + j: f"Redis replica {j}" for j in range(self.redis_replicas)})
         return names
@@ -427,9 +491,13 @@ class Stack:
             self._wait_ready(replica)
 
     def _write_components(self) -> Path:
-        """Copy components/<store>/ into the run folder, pointing it at this stack's Redis or SQLite file."""
+        """Copy components/<store>/ (or resources_path) into the run folder, pointing its state stores at this
+        stack's Redis or SQLite file. Without a store of its own the sidecars load resources_path itself."""
         assert self.run_dir is not None
-        source = components_source() / self.store
+        if not self.start_store:
+            assert self.resources_path is not None  # __post_init__ requires it
+            return self.resources_path.resolve()
+        source = self.resources_path or components_source() / self.store
         target = self.run_dir / "components" / self.store
         target.mkdir(parents=True, exist_ok=True)
         for path in sorted(source.glob("*.y*ml")):
@@ -501,7 +569,7 @@ class Stack:
     @property
     def _daprd(self) -> str:
         if self._daprd_path is None:
-            self._daprd_path = find_daprd()
+            self._daprd_path = self.daprd or find_daprd()
         return self._daprd_path
 
     def _start_sidecars(self) -> None:

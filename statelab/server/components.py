@@ -117,6 +117,9 @@ def load_components(resources_path: str | os.PathLike, app_id: str) -> list[Comp
         for doc in _documents(path):
             comp = _component(doc, str(path))
             if comp is None:
+                if doc.get("kind") == "Resiliency":
+                    log.warning("%s: Resiliency %s is not applied: statelab's sidecar has no resiliency policies "
+                                "(a real daprd applies them; docs/fidelity.md)", path, (doc.get("metadata") or {}).get("name"))
                 continue
             if comp.scopes and app_id not in comp.scopes:
                 log.info("component %s is scoped to %s, not %s: skipped", comp.name, comp.scopes, app_id)
