@@ -2,7 +2,7 @@
 
 ``LESSONS`` (at the end) has one row per notebook in ``notebooks/``: the stores it runs on, the papermill
 parameters beyond the runner's common ones (small enough for CI), the cell timeout, and the check that holds
-its recorded metrics to what the lesson says (``check_00`` … ``check_06``, just below). Each row runs once per
+its recorded metrics to what the lesson says (``check_00`` … ``check_07``, just below). Each row runs once per
 store through ``statelab.tools.runner.run_one``, as ``test_lesson_runs_headless[<notebook>-<store>]``.
 tests/lessons/test_notebooks_on_daprd.py reads the same rows to hold a real daprd to the same checks.
 """
@@ -74,6 +74,7 @@ def check_01(m: dict) -> None:
     assert m["after_transaction"] == {"a": None, "b": {"n": 2}, "c": 3}
     assert 0.9 <= m["ttl_expired_after_s"] <= 6  # sqlite counts whole seconds
     assert m["stored_key"] == "myapp||order-2"
+    assert m["exercise_save"] is True  # the exercise's answer (solve_exercises) passed its check
 
 
 # --- 02: strong vs eventual (stops a Redis replica and restarts the sidecar) -------------------------------
@@ -119,9 +120,14 @@ def consistency_as_a_header_is_ignored(m: dict) -> None:
     assert m["bogus_query_delete_status"] == 500
 
 
+def the_exercises_answer_passes_its_check(m: dict) -> None:
+    assert m["exercise_strong_save"] is True  # solve_exercises: the answer puts consistency in the item's options
+
+
 CLAIMS_02 = (strong_saves_are_slower_at_the_median_with_a_replica, every_strong_save_sent_exactly_one_wait,
              no_replica_read_is_stale_after_a_strong_save, strong_save_with_the_replica_down_succeeds_late,
-             the_replica_count_is_read_once_at_sidecar_start, consistency_as_a_header_is_ignored)
+             the_replica_count_is_read_once_at_sidecar_start, consistency_as_a_header_is_ignored,
+             the_exercises_answer_passes_its_check)
 
 
 def check_02(m: dict) -> None:
@@ -172,6 +178,9 @@ def check_03(m: dict) -> None:
     assert m["create_race_loser_statuses"] == [500]
     assert m["create_if_absent_statuses"] == [204, 500, 204]
 
+    # the exercise's retry loop (solve_exercises) passed its check
+    assert m["exercise_retry_loop"] is True
+
 
 # --- 04: concurrent writers, 05: back-off and jitter -----------------------------------------------------
 
@@ -188,6 +197,7 @@ def check_04(m: dict) -> None:
     assert m["append_last_write_findings"]["missing-ids"] == 1
     assert m["scaling_lost_updates"] == [0, 0, 0]
     assert m["scaling_attempts_per_success"][0] == 1.0  # one writer never conflicts
+    assert m["exercise_attempt"] is True  # the exercise's attempt (solve_exercises), run by the harness
 
 
 def check_05(m: dict) -> None:
@@ -203,6 +213,7 @@ def check_05(m: dict) -> None:
     assert m["none_attempts_per_success"] > max(m[f"{policy}_attempts_per_success"] for policy in backing_off)
     assert m["real_lost_updates"] == 0
     assert set(m["real_calls_per_client"]) == {"exponential@2", "exponential@8", "full-jitter@2", "full-jitter@8"}
+    assert m["exercise_backoff"] is True  # the exercise's full jitter (solve_exercises), run by real writers
 
 
 # --- 06: the Dapr Python SDK over gRPC --------------------------------------------------------------------
@@ -240,6 +251,36 @@ def check_06(m: dict) -> None:
     assert m["sdk_saved_http_content_type"] == "application/json"
     assert m["json_metadata_read_over_http"] == '{"b":1,"a":2}'  # Redis keeps the document's key order
 
+    # the exercise's save_if_unchanged (solve_exercises) passed its check
+    assert m["exercise_sdk_save"] is True
+
+
+# --- 07: an app beside its sidecar (statelab run, the component file, resiliency) ---------------------------
+
+
+def check_07(m: dict) -> None:
+    """The app ran under `statelab run` and its state outlived its sidecar; keyPrefix made the documented keys; and,
+    where a daprd binary was found, its resiliency findings as docs/dapr-behaviour.md §17 records them."""
+    assert m["app_exit_code"] == 0 and m["app_output_ok"] is True
+    assert m["read_back_order_1"] == {"orderId": 1, "item": "coffee", "qty": 1}
+    assert m["read_back_order_3_status"] == 204
+    assert m["prefix_stored_keys"] == {"appid": "myapp||prefix-demo", "name": "prefix-name||prefix-demo",
+                                       "none": "prefix-demo", "shop": "shop||prefix-demo"}
+    assert m["exercise_add_item"] is True  # the answer's retry, with another writer let in between read and save
+    if not m["resiliency_measured"]:
+        return
+    retries = m["res_max_retries"]
+    assert m["res_stale_save"] == [409, 1]  # an ETag failure of a save is permanent: no retry
+    assert m["res_stale_delete"] == [409, 1 + retries]  # the same stale delete, resent by the policy
+    assert m["res_stale_transaction"] == [500, 1 + retries]
+    assert m["res_value_after_stale_writes"] == "v2"
+    assert m["res_outage_without_policy"][0] == 500
+    status, attempts = m["res_outage_with_policy"]
+    assert status == 204 and attempts is not None and 2 <= attempts <= 1 + retries
+    assert m["res_breaker_statuses"] == [409, 409, 409, 500, 500, 500]
+    assert m["res_breaker_open_message"] == "circuit breaker is open"
+    assert m["res_breaker_closed_after_s"] is not None
+
 
 # --- the table --------------------------------------------------------------------------------------------
 
@@ -262,16 +303,18 @@ class Lesson:
 
 LESSONS = (
     Lesson(NOTEBOOKS / "00_howto_as_written.ipynb", ("redis",), {}, 180, check_00),
-    Lesson(NOTEBOOKS / "01_save_get_delete.ipynb", ("redis", "sqlite", "in-memory"), {"ttl_seconds": 2}, 120,
-           check_01),
-    Lesson(NOTEBOOKS / "02_strong_vs_eventual.ipynb", ("redis",), {"samples": SAMPLES_02}, 180, check_02,
-           marks=(pytest.mark.slow,)),
-    Lesson(NOTEBOOKS / "03_etags_first_write_wins.ipynb", ("redis",), {}, 180, check_03),
+    Lesson(NOTEBOOKS / "01_save_get_delete.ipynb", ("redis", "sqlite", "in-memory"),
+           {"ttl_seconds": 2, "solve_exercises": True}, 120, check_01),
+    Lesson(NOTEBOOKS / "02_strong_vs_eventual.ipynb", ("redis",), {"samples": SAMPLES_02, "solve_exercises": True},
+           180, check_02, marks=(pytest.mark.slow,)),
+    Lesson(NOTEBOOKS / "03_etags_first_write_wins.ipynb", ("redis",), {"solve_exercises": True}, 180, check_03),
     Lesson(NOTEBOOKS / "04_concurrent_writers.ipynb", ("redis", "sqlite"),
-           {"writers": 8, "operations": 10, "scaling_writers": [1, 4, 8]}, 180, check_04),
+           {"writers": 8, "operations": 10, "scaling_writers": [1, 4, 8], "solve_exercises": True}, 180, check_04),
     Lesson(NOTEBOOKS / "05_backoff_and_jitter.ipynb", ("redis",),
-           {"writers": 8, "operations": 5, "real_writers": [2, 8]}, 180, check_05),
-    Lesson(NOTEBOOKS / "06_python_sdk.ipynb", ("redis",), {"bulk_keys": 2}, 180, check_06),
+           {"writers": 8, "operations": 5, "real_writers": [2, 8], "solve_exercises": True}, 180, check_05),
+    Lesson(NOTEBOOKS / "06_python_sdk.ipynb", ("redis",), {"bulk_keys": 2, "solve_exercises": True}, 180, check_06),
+    Lesson(NOTEBOOKS / "07_app_beside_its_sidecar.ipynb", ("redis", "sqlite"), {"solve_exercises": True}, 180,
+           check_07),
 )
 
 
@@ -290,3 +333,20 @@ def test_lesson_runs_headless(tmp_path: Path, lesson: Lesson, store: str) -> Non
 def test_every_lesson_is_covered() -> None:
     lessons = {p.stem for p in runner.discover([str(NOTEBOOKS)])}
     assert lessons == {lesson.name for lesson in LESSONS}
+
+
+def test_a_lesson_run_with_its_exercise_unsolved_shows_the_check_and_no_error(tmp_path: Path) -> None:
+    """What a learner sees on the first run: the stub is checked, the check says "not written yet", and the
+    notebook runs to its end without an error output (papermill would fail on one)."""
+    import nbformat
+
+    lesson = next(lesson for lesson in LESSONS if lesson.name == "01_save_get_delete")
+    extra = {**lesson.extra, "solve_exercises": False}
+    result = runner.run_one(lesson.path, tmp_path, store="in-memory", cell_timeout=lesson.cell_timeout, extra=extra)
+    assert result.ok, result.error
+    assert result.metrics["exercise_save"] is False
+    executed = nbformat.read(tmp_path / lesson.path.name, as_version=4)
+    shown = [out.get("data", {}).get("text/plain", "") for cell in executed.cells if "check_save(" in cell.source
+             for out in cell.get("outputs", [])]
+    assert any("save_orders is not written yet" in text for text in shown), shown
+    assert runner.error_outputs(executed) == []
