@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections.abc import Iterator
@@ -10,7 +11,7 @@ import pytest
 import requests
 from helpers import ROOT
 
-from statelab.lessons import howto
+from statelab.lessons import howto, howto_page
 from statelab.session import Session
 
 PAGE = ROOT.parent / "shared" / "howto-stateful-service.md"
@@ -204,3 +205,15 @@ def test_header_probe_shows_the_query_param_is_read_and_the_header_is_not(lab, a
     else:
         assert not probe.waits_measured
     assert lab.client.get(lab.store_name, "howto-probe") is None
+
+
+def test_lesson_00_offers_every_fixed_snippet_as_a_cell_to_edit_and_run() -> None:
+    """The cells tagged ``snippet`` are our fixed versions, word for word but for the sidecar's address, so the code
+    a learner edits is the code this module runs and checks (the lesson's headless run executes them)."""
+    cells = json.loads((ROOT / "notebooks" / "00_howto_as_written.ipynb").read_text(encoding="utf-8"))["cells"]
+    shown = ["".join(c["source"]) for c in cells if "snippet" in c.get("metadata", {}).get("tags", [])]
+    page_address = '"http://localhost:3500/v1.0/state/{}".format(store_name)'
+    expected = [getattr(howto_page, f"FIXED_{name}").rstrip("\n").replace(page_address,
+                                                                          'DAPR + "/v1.0/state/{}".format(store_name)')
+                for name in ("SAVE", "GET", "ETAG", "DELETE", "RETRY")]
+    assert shown == expected
