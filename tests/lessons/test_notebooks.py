@@ -3,13 +3,16 @@
 ``LESSONS`` (at the end) has one row per notebook in ``notebooks/``: the stores it runs on, the papermill
 parameters beyond the runner's common ones (small enough for CI), the cell timeout, and the check that holds
 its recorded metrics to what the lesson says (``check_00`` … ``check_07``, just below). Each row runs once per
-store through ``statelab.tools.runner.run_one``, as ``test_lesson_runs_headless[<notebook>-<store>]``.
+store through ``statelab.tools.runner.run_one``, as ``test_lesson_runs_headless[<notebook>-<store>]``. A run on
+another store than Redis runs where ``./scripts/lab`` would put it: under a recorded Redis lab stack whose
+``DAPR_HTTP_ENDPOINT`` the kernel inherits, so it also proves the notebook's ``store`` parameter wins (the setup
+cell starts a matching stack and says so).
 tests/lessons/test_notebooks_on_daprd.py reads the same rows to hold a real daprd to the same checks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -322,12 +325,52 @@ RUNS = [pytest.param(lesson, store, id=f"{lesson.name}-{store}", marks=lesson.ma
         for lesson in LESSONS for store in lesson.stores]
 
 
+@pytest.fixture(scope="module")
+def lab_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    """What ./scripts/lab leaves for the kernels: a recorded `statelab up` stack (Redis, 1 replica, 1 sidecar);
+    yields (its STATELAB_HOME, its endpoint). Started only when a row on another store runs."""
+    from statelab import local
+    from statelab.local import Stack, on_free_ports
+
+    home = tmp_path_factory.mktemp("lab-home")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("STATELAB_HOME", str(home))
+        where = on_free_ports(Stack(store="redis", replicas=1, sidecars=1, http_port=20000, grpc_port=20004,
+                                    redis_port=20008, internal_grpc_port=20012), step=16, randomly=True)
+        stack = local.up(store="redis", replicas=1, sidecars=1, http_port=where.http_port,
+                         grpc_port=where.grpc_port, redis_port=where.redis_port,
+                         internal_grpc_port=where.internal_grpc_port)
+        try:
+            yield home, stack.endpoint
+        finally:
+            local.down()
+
+
+def setup_output(executed: Path) -> str:
+    """The text the notebook's setup cell showed: the session's one-line description and its notes."""
+    import nbformat
+
+    for cell in nbformat.read(executed, as_version=4).cells:
+        if "open_session(" in cell.source:
+            return "".join(out.get("text", "") + out.get("data", {}).get("text/plain", "")
+                           for out in cell.get("outputs", []))
+    raise AssertionError(f"{executed.name} has no setup cell calling open_session")
+
+
 @pytest.mark.parametrize(("lesson", "store"), RUNS)
-def test_lesson_runs_headless(tmp_path: Path, lesson: Lesson, store: str) -> None:
+def test_lesson_runs_headless(tmp_path: Path, lesson: Lesson, store: str, request: pytest.FixtureRequest,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    if store != "redis":  # under ./scripts/lab's Redis stack, as a learner who sets `store` would be
+        home, endpoint = request.getfixturevalue("lab_stack")
+        monkeypatch.setenv("STATELAB_HOME", str(home))
+        monkeypatch.setenv("DAPR_HTTP_ENDPOINT", endpoint)
     result = runner.run_one(lesson.path, tmp_path, store=store, cell_timeout=lesson.cell_timeout, extra=lesson.extra)
     assert result.ok, result.error
     lesson.check(result.metrics)
     assert (tmp_path / f"{lesson.name}.html").stat().st_size > 0
+    if store != "redis":
+        shown = setup_output(tmp_path / lesson.path.name)
+        assert f"on {store}" in shown and f"runs redis, not {store}" in shown, shown
 
 
 def test_every_lesson_is_covered() -> None:
