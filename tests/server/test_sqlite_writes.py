@@ -168,3 +168,28 @@ def test_store_close_closes_every_connection_also_those_of_its_worker_threads(tm
         assert asyncio.run(main()) == []
     finally:
         gc.enable()
+
+
+def test_a_store_opening_a_database_another_sidecar_holds_waits_instead_of_failing(tmp_path: Path) -> None:
+    """Sidecars that share one SQLite file start together; one may hold the write lock (creating the tables,
+    switching to WAL) longer than busyTimeout, as under load in CI. The others wait their turn: none fails its start
+    with "database is locked"."""
+    target = tmp_path / "state.db"
+    holder = sqlite3.connect(target, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")  # another sidecar, busy with the file
+    release = threading.Timer(0.8, lambda: holder.execute("COMMIT"))
+
+    async def main() -> bytes | None:
+        store = SQLiteStore({"connectionString": str(target), "busyTimeout": "100ms"})
+        release.start()
+        await store.init()  # 0.8 s of "locked", eight times its busyTimeout
+        await store.set(SetRequest("k", 1))
+        item = await store.get("k")
+        await store.close()
+        return item.data if item else None
+
+    try:
+        assert asyncio.run(main()) == b"1"
+    finally:
+        release.join()
+        holder.close()

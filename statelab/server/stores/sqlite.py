@@ -113,7 +113,9 @@ class SQLiteStore(StateStore):
             self._connections.append(conn)
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         if self.wal and not self.memory:
-            conn.execute("PRAGMA journal_mode = WAL")
+            # Sidecars that share one file open it at the same moment; switching to WAL can answer "database is
+            # locked" at once, without waiting out busy_timeout. Try again until the others are done.
+            _while_locked(lambda: conn.execute("PRAGMA journal_mode = WAL"), max(10.0, self.busy_timeout))
         return conn
 
     def _conn(self) -> sqlite3.Connection:
@@ -161,7 +163,7 @@ class SQLiteStore(StateStore):
                 conn.execute("ROLLBACK")
                 raise
 
-        await self._run(create)
+        await self._run(lambda conn: _while_locked(lambda: create(conn), max(10.0, self.busy_timeout)))
         if not self.memory:
             self._writes = GroupWriter(self._connect)
             self._reader = self._connect()
@@ -423,3 +425,17 @@ def _settle(outcomes: list[tuple[_Write, Any, bool]]) -> None:
         outcomes[0][0].loop.call_soon_threadsafe(deliver)
     except RuntimeError:  # the loop is closed: nobody is waiting any more
         pass
+
+
+def _while_locked(step: Callable[[], object], seconds: float) -> None:
+    """Run ``step`` again while SQLite says the database is locked or busy, for up to ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            step()
+            return
+        except sqlite3.OperationalError as exc:
+            text = str(exc)
+            if ("locked" not in text and "busy" not in text) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.05)
