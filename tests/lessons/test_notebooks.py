@@ -252,7 +252,9 @@ def check_06(m: dict) -> None:
     assert m["http_saved_read_by_sdk"] == '"hello"'
     assert m["sdk_saved_read_over_http"] == "hello"
     assert m["sdk_saved_http_content_type"] == "application/json"
-    assert m["json_metadata_read_over_http"] == '{"b":1,"a":2}'  # Redis keeps the document's key order
+    # Stored as JSON and written back compactly; the member order is the document's on statelab's sidecar and a Go
+    # map's (random) on daprd, so the members are compared, not their order.
+    assert m["json_metadata_read_over_http"] in ('{"b":1,"a":2}', '{"a":2,"b":1}')
 
     # the exercise's save_if_unchanged (solve_exercises) passed its check
     assert m["exercise_sdk_save"] is True
