@@ -17,8 +17,9 @@ Two kinds of work cannot share that connection:
 Timeouts are timers on the connection (one per connection, not one ``asyncio.timeout`` per command).
 
 A command whose connection fails is sent again (``redisMaxRetries`` times), even a write whose reply was
-lost after Redis applied it. daprd's go-redis does the same, so a 409 or a double-applied transaction can
-follow a lost reply on both (``docs/dapr-behaviour.md``, "a write whose reply was lost is sent again").
+lost after Redis applied it; a ``MULTI ... EXEC`` block only if it was never written. daprd's go-redis does the
+same (measured, ``tests/server/test_lost_reply.py``), so after a lost reply a save can answer 409 or be applied
+twice and a transaction answers 500 though applied, on both (``docs/dapr-behaviour.md`` §15).
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ class ReplyError(Exception):
 
 class RespConnectionError(ConnectionError):
     """The connection failed or timed out; whether the command was applied is unknown."""
+
+
+class NotResent(RespConnectionError):
+    """A ``MULTI ... EXEC`` block was written, then its connection failed: it is not sent again (go-redis does not
+    resend a transaction once written), so it may or may not have been applied."""
 
 
 def encode(commands: Sequence[Command]) -> bytes:
@@ -87,7 +93,8 @@ class _Connection(asyncio.Protocol):
             self._fail(RespConnectionError(f"redis protocol error: {exc}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._fail(RespConnectionError(f"redis connection lost: {exc}" if exc else "redis connection closed"))
+        # Redis closing the connection reads as Go's io.EOF, the word daprd's go-redis reports
+        self._fail(RespConnectionError(f"redis connection lost: {exc}" if exc else "EOF"))
 
     def _fail(self, exc: Exception) -> None:
         if self.lost is None:
@@ -236,8 +243,8 @@ class RespClient:
         for tries_left in range(self.retries, -1, -1):
             try:
                 return await attempt()
-            except RespConnectionError:
-                if tries_left == 0 or self._closed:
+            except RespConnectionError as exc:
+                if tries_left == 0 or self._closed or isinstance(exc, NotResent):
                     raise
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.5)
@@ -249,8 +256,12 @@ class RespClient:
         """One command's reply; a ``ReplyError`` is returned, not raised."""
         return (await self.pipeline([command]))[0]
 
-    async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
-        """Replies of ``commands``, sent together on the shared connection (no atomicity)."""
+    async def pipeline(self, commands: Sequence[Command], *, resend: bool = True) -> list[Any]:
+        """Replies of ``commands``, sent together on the shared connection (no atomicity).
+
+        A connection that fails before the commands are written is always replaced and the commands sent there;
+        one that fails after, only with ``resend`` (``NotResent`` otherwise).
+        """
         if not commands:
             return []
 
@@ -258,13 +269,23 @@ class RespClient:
             conn = self._shared
             if conn is None or not conn.usable:
                 conn = await self._shared_connection()
-            return list(await asyncio.gather(*conn.send(commands))) if len(commands) > 1 else [await conn.send(commands)[0]]
+            futures = conn.send(commands)  # raises, with nothing written, on a connection that has failed
+            try:
+                return list(await asyncio.gather(*futures)) if len(futures) > 1 else [await futures[0]]
+            except RespConnectionError as exc:
+                if resend:
+                    raise
+                raise NotResent(str(exc)) from None
 
         return await self._with_retries(attempt)
 
     async def transaction(self, commands: Sequence[Command]) -> list[Any] | ReplyError:
-        """``MULTI``, the commands, ``EXEC`` in one write: the list of results, or the error that aborted it."""
-        replies = await self.pipeline([("MULTI",), *commands, ("EXEC",)])
+        """``MULTI``, the commands, ``EXEC`` in one write: the list of results, or the error that aborted it.
+
+        Never sent twice (``NotResent``): a block whose reply was lost may have been applied, and go-redis, which
+        daprd uses, reports it as failed rather than risk applying it again (``docs/dapr-behaviour.md`` §15).
+        """
+        replies = await self.pipeline([("MULTI",), *commands, ("EXEC",)], resend=False)
         return replies[-1] if isinstance(replies[-1], ReplyError | list) else ReplyError(str(replies[-1]))
 
     async def exclusive(self, commands: Sequence[Command]) -> list[Any]:
