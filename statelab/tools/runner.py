@@ -18,8 +18,6 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,37 +73,39 @@ def error_outputs(nb: Any) -> list[str]:
     return problems
 
 
-@contextmanager
-def _kernel_env(name: str, value: str) -> Iterator[None]:
-    """Set ``name`` for the kernel papermill starts (it inherits this process's environment, and papermill
-    has no other way in), and give the caller its own value back afterwards."""
-    before = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
+def _kernel_manager(env: dict[str, str]) -> type[Any]:
+    """A kernel manager class whose kernels start with ``env`` on top of this process's environment.
+
+    papermill hands its keyword arguments to nbclient, which builds the kernel manager from this class: the
+    kernel gets its variables without this process's ``os.environ`` ever changing (a caller's threads, a
+    test's other fixtures and the next notebook see exactly what they saw before)."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class KernelWithEnvironment(AsyncKernelManager):
+        async def _async_pre_start_kernel(self, **kw: Any) -> Any:
+            kw["env"] = {**kw.get("env", os.environ), **env}
+            return await super()._async_pre_start_kernel(**kw)
+
+    return KernelWithEnvironment
 
 
-def kernel_environment(output: Path, runtime: str | None) -> dict[str, str]:
-    """What the kernel must inherit: the metrics folder and, for ``runtime``, whose sidecars to start."""
+def kernel_environment(output: Path, runtime: str | None, daprd: str | None = None) -> dict[str, str]:
+    """What the kernel must inherit: the metrics folder and, for ``runtime``, whose sidecars to start
+    (for daprd, the binary ``daprd``, else the one ``find_daprd`` finds)."""
     env = {"STATELAB_OUTPUT_DIR": str(output)}
     if runtime is not None:
         env["STATELAB_RUNTIME"] = runtime
     if runtime == "daprd":
         from statelab.local import find_daprd
 
-        env["STATELAB_DAPRD"] = find_daprd()  # found (or built) once here, not in every kernel
+        env["STATELAB_DAPRD"] = daprd or find_daprd()  # found (or built) here, not in every kernel
     return env
 
 
 def run_one(path: Path, output: Path, *, store: str, cell_timeout: int, extra: dict[str, Any],
-            runtime: str | None = None) -> Result:
+            runtime: str | None = None, daprd: str | None = None) -> Result:
     """Run one notebook; ``runtime`` ("statelab" or "daprd") chooses the sidecars of any stack it starts
-    (None: whatever ``$STATELAB_RUNTIME`` says, else statelab's)."""
+    (None: whatever ``$STATELAB_RUNTIME`` says, else statelab's), ``daprd`` the binary for "daprd"."""
     import nbformat
     import papermill
 
@@ -115,19 +115,17 @@ def run_one(path: Path, output: Path, *, store: str, cell_timeout: int, extra: d
     started = time.monotonic()
     error = ""
     try:
-        with ExitStack() as kernel_env:
-            for name, value in kernel_environment(output, runtime).items():
-                kernel_env.enter_context(_kernel_env(name, value))
-            papermill.execute_notebook(
-                str(path),
-                str(executed),
-                parameters=params,
-                cwd=str(path.parent),
-                kernel_name="python3",
-                execution_timeout=cell_timeout,
-                progress_bar=False,
-                log_output=False,
-            )
+        papermill.execute_notebook(
+            str(path),
+            str(executed),
+            parameters=params,
+            cwd=str(path.parent),
+            kernel_name="python3",
+            kernel_manager_class=_kernel_manager(kernel_environment(output, runtime, daprd)),
+            execution_timeout=cell_timeout,
+            progress_bar=False,
+            log_output=False,
+        )
     except Exception as exc:  # noqa: BLE001 - reported per notebook, the run goes on
         error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
     seconds = time.monotonic() - started
@@ -172,19 +170,20 @@ def main(argv: list[str] | None = None) -> int:
     if not notebooks:
         print("run-notebooks: no notebooks found", file=sys.stderr)
         return 2
-    if args.runtime == "daprd" and not os.environ.get("STATELAB_DAPRD"):
+    daprd = None
+    if args.runtime == "daprd":
         from statelab.errors import StackError
         from statelab.local import find_daprd
 
         try:  # once, before any kernel starts: a missing daprd is one message, not one failure per notebook
-            os.environ["STATELAB_DAPRD"] = find_daprd()
+            daprd = find_daprd()
         except StackError as exc:
             print(f"run-notebooks: {exc}", file=sys.stderr)
             return 2
     results = []
     for nb in notebooks:
         result = run_one(nb, Path(args.output), store=args.store, cell_timeout=args.cell_timeout, extra=extra,
-                         runtime=args.runtime)
+                         runtime=args.runtime, daprd=daprd)
         print(result.line(), flush=True)
         results.append(result)
     failed = [r for r in results if not r.ok]
