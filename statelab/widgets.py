@@ -19,7 +19,7 @@ import ipywidgets as W
 from statelab import plots
 from statelab.backoff import POLICY_NAMES
 from statelab.errors import StatelabError
-from statelab.writers import Progress, RunResult, WritersConfig, run_writers
+from statelab.writers import STOP_GRACE_SECONDS, Progress, RunResult, WritersConfig, run_writers
 
 
 class WritersPanel:
@@ -57,7 +57,7 @@ class WritersPanel:
         self.widget = W.VBox([controls, self.status, self.conflict_count, self.bars, self.output])
         self.result: RunResult | None = None
         self.error: str | None = None
-        self._stop = threading.Event()
+        self._stop, self._ended = threading.Event(), threading.Event()
         self._thread: threading.Thread | None = None
 
     # --- what the buttons do ---------------------------------------------------------------------
@@ -77,7 +77,7 @@ class WritersPanel:
         config = self.config()
         endpoints = self.endpoints[: self.sidecars.value]
         self.result, self.error = None, None
-        self._stop = threading.Event()
+        self._stop, self._ended = threading.Event(), threading.Event()
         self.bars.children = [
             W.IntProgress(0, 0, config.operations, description=f"writer {i}", style={"description_width": "70px"})
             for i in range(config.writers)
@@ -97,9 +97,19 @@ class WritersPanel:
         self.status.value = "Stopping: the writers finish their current attempt…"
 
     def wait(self, timeout: float | None = None) -> RunResult | None:
-        """Block until the current run has ended (for headless use and tests)."""
+        """Block until the current run has ended (for headless use and tests). Interrupted (the stop button),
+        it stops the writers as the panel's Stop does and gives them ``STOP_GRACE_SECONDS`` to end."""
         if self._thread is not None:
-            self._thread.join(timeout)
+            # An Event, not Thread.join: on Python 3.10-3.12 an interrupted join marks the run as ended while it
+            # still runs, and the grace wait after it would return at once (see writers.run_threads).
+            try:
+                ended = self._ended.wait(timeout)
+            except KeyboardInterrupt:
+                self.stop()
+                self._ended.wait(STOP_GRACE_SECONDS)
+                raise
+            if ended:
+                self._thread.join()  # what is left is the thread's own exit
         return self.result
 
     # --- the background run ----------------------------------------------------------------------
@@ -129,6 +139,7 @@ class WritersPanel:
             self.output.append_display_data(plots.timeline(result))
         finally:
             self.launch_button.disabled, self.stop_button.disabled = False, True
+            self._ended.set()
 
     def _ipython_display_(self) -> None:
         from IPython.display import display

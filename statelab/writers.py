@@ -211,23 +211,46 @@ def run_threads(threads: Sequence[threading.Thread], stop: threading.Event | Non
     aborted, so no thread starts another request or waits at the gate for ever; the threads get
     ``STOP_GRACE_SECONDS`` to finish the request in flight, then the interrupt goes on to the caller. So
     the cell returns promptly and nothing keeps writing to the sidecar behind the learner's back.
+
+    The wait is on a semaphore each thread releases as it ends, never an interruptible ``Thread.join``: on
+    Python 3.10 to 3.12 a join that Ctrl-C interrupts marks the thread as ended while it still runs, and every
+    later join of it returns at once (``tests/learner/test_interrupts.py``).
     """
+    ended = threading.Semaphore(0)
     started: list[threading.Thread] = []
+    waited = 0
     try:
         for thread in threads:
+            thread.run = _releasing(thread.run, ended)  # type: ignore[method-assign]  # our own threads only
             thread.start()
             started.append(thread)
-        for thread in started:
-            thread.join()
+        for _ in started:
+            ended.acquire()
+            waited += 1
     except BaseException:
         if stop is not None:
             stop.set()
         if gate is not None:
             gate.abort()
         deadline = time.monotonic() + STOP_GRACE_SECONDS
-        for thread in started:
+        for _ in range(len(started) - waited):
+            if not ended.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                break
+        for thread in started:  # ended, or out of time: a join that nothing interrupts
             thread.join(max(0.0, deadline - time.monotonic()))
         raise
+    for thread in started:  # each has released; what is left of it is the thread's own exit
+        thread.join()
+
+
+def _releasing(run: Callable[[], None], ended: threading.Semaphore) -> Callable[[], None]:
+    def run_then_release() -> None:
+        try:
+            run()
+        finally:
+            ended.release()
+
+    return run_then_release
 
 
 # --- the parts a caller may swap ---------------------------------------------------------------------

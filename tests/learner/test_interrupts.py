@@ -38,8 +38,10 @@ def _interrupted(run: Callable[[], object]) -> float:
         pytest.fail("the run ended before the interrupt: give it more work")
     elapsed = time.monotonic() - started
     timer.join()
-    # tqdm's monitor is one shared, idle thread for all progress bars, not a worker
-    left = [t.name for t in set(threading.enumerate()) - before if t.is_alive() and t.name != "tqdm_monitor"]
+    # tqdm's monitor (one idle thread for all progress bars) and IPython's history writer (started by the first
+    # widget output) are shared helpers, not workers
+    helpers = ("tqdm_monitor", "IPythonHistorySavingThread")
+    left = [t.name for t in set(threading.enumerate()) - before if t.is_alive() and t.name not in helpers]
     assert left == [], f"threads still running after the interrupt: {left}"
     return elapsed
 
@@ -76,3 +78,40 @@ def test_a_lab_check_and_a_simulated_class_stop_on_interrupt(api, tmp_path) -> N
     room = labmod.open_class(session)
     _interrupted(lambda: labmod.simulate_attendees(session, room.class_id, 3, operations=100_000))
     assert _quiet(session.client, labmod.ClassKeys(room.class_id).counter)
+
+
+def test_interrupting_a_wait_on_the_writers_panel_stops_its_run(api) -> None:
+    from statelab.widgets import WritersPanel
+
+    panel = WritersPanel([api.url])
+    panel.writers.value, panel.operations.value = panel.writers.max, panel.operations.max  # seconds of work
+    panel.launch()
+    # the run itself is a background thread (the panel stays usable); a cell waiting on it is what gets interrupted
+    elapsed = _interrupted(lambda: panel.wait())
+    assert elapsed < 0.5 + STOP_GRACE_SECONDS
+    assert panel.result is not None and panel.result.stopped_early
+
+
+def test_an_interrupted_run_waits_for_the_requests_in_flight_on_every_python() -> None:
+    # Python 3.10-3.12: a Thread.join that Ctrl-C interrupts marks the thread as ended although it still runs, so
+    # a grace period spent joining it again ends at once. run_threads must not be fooled (it waits on a semaphore).
+    from statelab.writers import run_threads
+
+    ended: list[float] = []
+    returned: list[float] = []
+
+    def in_flight(seconds: float) -> None:  # a request that takes its time whatever the stop button says
+        time.sleep(seconds)
+        ended.append(time.monotonic())
+
+    # the first thread is the one being joined when the interrupt comes, and the last to end
+    threads = [threading.Thread(target=in_flight, args=(s,), name=f"in-flight-{s}") for s in (1.5, 0.8, 0.8)]
+
+    def run() -> None:
+        try:
+            run_threads(threads, threading.Event())
+        finally:
+            returned.append(time.monotonic())
+
+    _interrupted(run)
+    assert len(ended) == 3 and max(ended) <= returned[0], "run_threads returned while a request was in flight"
