@@ -40,6 +40,7 @@ from statelab.display import Source, html_table, show_file
 from statelab.errors import StackError
 from statelab.local import Stack, components_source, find_daprd, on_free_ports
 from statelab.local.paths import REPO
+from statelab.writers import STOP_GRACE_SECONDS
 
 if TYPE_CHECKING:
     from statelab.session import Session
@@ -355,11 +356,14 @@ def measure_resiliency(*, outage_seconds: float = 3.0, first_port: int = EXTRA_F
 def _probe_all(stack: Stack, outage_seconds: float) -> ResiliencyFindings:
     import redis
 
+    with closing(redis.Redis.from_url(stack.redis_url(), socket_timeout=5)) as r, requests.Session() as http:
+        return _probes(stack, outage_seconds, r, http)
+
+
+def _probes(stack: Stack, outage_seconds: float, r: Any, http: requests.Session) -> ResiliencyFindings:
     policy = next(d for d in yaml.safe_load_all(RESILIENCY.read_text()) if d)
     retries = int(policy["spec"]["policies"]["retries"]["storeRetry"]["maxRetries"])
     findings = ResiliencyFindings(True, max_retries=retries, outage_seconds=outage_seconds)
-    r = redis.Redis.from_url(stack.redis_url(), socket_timeout=5)
-    http = requests.Session()
     base = f"{stack.endpoint}/v1.0/state"
 
     def counted(situation: str, component: str, send: Callable[[], requests.Response], *commands: str) -> Probe:
@@ -389,13 +393,15 @@ def _probe_all(stack: Stack, outage_seconds: float) -> ResiliencyFindings:
     outage = [_timed_save(http, f"{base}/unguarded", "Redis down: save", "unguarded"),
               _timed_save(http, f"{base}/statestore", "Redis down: save, with retries", "statestore")]
     stack.stop_redis_primary()
-    threads = [threading.Thread(target=probe) for probe in outage]
-    for thread in threads:
-        thread.start()
-    time.sleep(outage_seconds)  # the outage itself: Redis refuses connections this long
-    stack.start_redis_primary()
-    for thread in threads:
-        thread.join()
+    threads = [threading.Thread(target=probe, daemon=True) for probe in outage]
+    try:
+        for thread in threads:
+            thread.start()
+        time.sleep(outage_seconds)  # the outage itself: Redis refuses connections this long
+    finally:  # interrupted too: Redis comes back, and the two saves end with it, before the cell returns
+        stack.start_redis_primary()
+        for thread in threads:
+            thread.join(STOP_GRACE_SECONDS)
     log = (Path(stack.run_dir or ".") / "sidecar-0.log").read_text(errors="replace")
     recovered = [int(m["n"]) for m in RECOVERED.finditer(log) if m["name"] == "statestore"]
     for probe in outage:
