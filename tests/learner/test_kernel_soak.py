@@ -4,10 +4,10 @@ The bugs this guards against showed only in a real kernel that stays up (and som
 handlers that broke after the first strong save, client sockets left open, writer threads still running
 after the stop button, descriptors piling up until select() refused them. So this test starts a real
 ipykernel with jupyter_client (the native "python3" kernel runs this very interpreter, so each venv tests
-its own Python), opens a session on a local Redis stack inside it, and repeats one round: a fresh sidecar,
-strong and eventual saves read back through the sidecar and around it, a concurrent writers run stopped
-by a real SIGINT (the interrupt button), a Redis replica stopped and started, the primary killed and
-restarted. From outside, through /proc, it counts the kernel's and the sidecar's descriptors and threads;
+its own Python), opens a session on a local Redis stack inside it, and repeats one round: a fresh sidecar
+(every other round the whole stack stopped and started again under the same session), strong and eventual
+saves read back through the sidecar and around it, a concurrent writers run stopped by a real SIGINT (the
+interrupt button), a Redis replica stopped and started, the primary killed and restarted. From outside, through /proc, it counts the kernel's and the sidecar's descriptors and threads;
 after one warm-up round (lazy pools exist by then) no round may end with more than the warm-up left.
 """
 
@@ -67,6 +67,7 @@ def soak_state():
 """
 
 RESTART_SIDECAR = "lab.stack.kill_sidecar(0); lab.stack.start_sidecar(0)"
+RESTART_STACK = "lab.stack.stop(); lab.stack.start()"  # every process anew: Redis, its replica, the sidecar
 WRITERS_RUN = (f"run_writers(lab.endpoints, WritersConfig(writers={WRITERS}, operations=1_000_000, "
                "consistency='strong'))")
 RESTART_REDIS = "lab.stack.stop_replica(0); lab.stack.start_replica(0)\nlab.stack.restart_redis_primary()"
@@ -189,8 +190,9 @@ class RoundEnd:
 
 
 def one_round(kernel: Kernel, kernel_pid: int, n: int, reference: RoundEnd | None) -> RoundEnd:
-    """One learner's round; ``reference`` (the warm-up's end) bounds the counts the round may end with."""
-    kernel.run(RESTART_SIDECAR)
+    """One learner's round; ``reference`` (the warm-up's end) bounds the counts the round may end with. Odd
+    rounds start on a whole new stack under the same session, even ones on a new sidecar."""
+    kernel.run(RESTART_STACK if n % 2 else RESTART_SIDECAR)
     kernel.run(f"soak_saves('r{n}-a')")
     sidecar = kernel.state()["pids"]["sidecar-0"]
     sidecar_fresh = at_rest(sidecar)
