@@ -27,7 +27,6 @@ from statelab.tools import runner
 
 DAPRD_CELL_TIMEOUT = 180  # seconds per cell, the same for every notebook here (not the rows' cell_timeout)
 # daprd's answers do not depend on the kernel's Python (test_notebooks.py runs every lesson on every Python).
-pytestmark = pytest.mark.once
 
 
 @pytest.fixture(scope="module")

@@ -46,7 +46,7 @@ LOAD_TIMEOUT_MS = 120_000  # JupyterLab's first page load and a kernel start
 RUN_ALL_TIMEOUT_MS = int(os.environ.get("STATELAB_RUN_ALL_TIMEOUT_MS", "300000"))  # whole-notebook runs on a busy 2-core CI machine
 PANEL_RUN_TIMEOUT_MS = 180_000
 
-pytestmark = [pytest.mark.browser, pytest.mark.once, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(900)]
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs `playwright` (requirements.txt)")
 
