@@ -191,7 +191,6 @@ class _Flags:
     last_write: int = 0
     swallowed: int = 0  # the attempt returned normally although its save was refused
     retried_inside: int = 0  # attempts that saved again by themselves after a refused save
-    refused: int = 0  # saves the sidecar refused, as the recording clients saw them
     capped_waits: int = 0
     fatal: str = ""  # the hint when learner code raised something that is not a conflict
 
@@ -265,7 +264,6 @@ def run_increments(session: Session, endpoints: Sequence[str], key: str, attempt
                 if saves[-1].concurrency.get(key) == LAST_WRITE:
                     flags.last_write += 1
                 refused = [c for c in saves if c.status not in (200, 204)]
-                flags.refused += len(refused)
                 if refused and len(saves) > 1 and saves[-1].status in (200, 204):
                     flags.retried_inside += 1
             if detail == "swallowed":
