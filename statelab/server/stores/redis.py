@@ -95,6 +95,9 @@ class RedisStore(StateStore):
         self.dial_timeout = parse_duration(metadata.get("dialTimeout"), 5.0)
         self.read_timeout = parse_duration(metadata.get("readTimeout"), 3.0)
         self.max_retries = int(metadata.get("redisMaxRetries") or 3)
+        # Dapr's state-store defaults: min above max, so go-redis waits the max before every retry (docs §15)
+        self.min_retry_interval = _retry_interval(metadata.get("redisMinRetryInterval"), 2.0)
+        self.max_retry_interval = _retry_interval(metadata.get("redisMaxRetryInterval"), 0.512)
         self.pool_size = int(metadata.get("poolSize") or 0) or 100
         try:
             self.default_ttl = parse_ttl({"ttlInSeconds": metadata["ttlInSeconds"]}) if metadata.get("ttlInSeconds") else None
@@ -119,6 +122,8 @@ class RedisStore(StateStore):
             read_timeout=self.read_timeout,
             # A restarted Redis drops the connection: reconnect instead of failing at once.
             retries=self.max_retries,
+            min_backoff=self.min_retry_interval,
+            max_backoff=self.max_retry_interval,
             pool_size=min(self.pool_size, 32),
             scripts=(_SET, _DELETE),
         )
@@ -152,7 +157,8 @@ class RedisStore(StateStore):
         try:
             results = await self.client.pipeline([("HGETALL", key) for key in keys])
         except Exception as exc:
-            raise StoreError(_describe(exc)) from None
+            # daprd reads each key on its own and reports a failure per key, in a 200 (docs §15)
+            return [BulkItem(key, error=_describe(exc)) for key in keys]
         for key, fields in zip(keys, results, strict=False):
             if isinstance(fields, ReplyError):
                 try:
@@ -202,7 +208,10 @@ class RedisStore(StateStore):
             else:
                 reply = await self._evalsha(write, _SET)
         except Exception as exc:
-            raise StoreError(_describe(exc)) from None
+            # Dapr wraps any failure of a save with an ETag as an ETag error: a 409 while Redis is away (docs §15)
+            if req.has_etag:
+                raise ETagMismatch(_describe(exc)) from None
+            raise StoreError(f"failed to set key {req.key}: {_describe(exc)}") from None
         if isinstance(reply, ReplyError):
             if req.has_etag:
                 raise ETagMismatch(str(reply)) from None
@@ -254,6 +263,11 @@ class RedisStore(StateStore):
         if failures:
             # MULTI/EXEC has no rollback: the other operations were applied.
             raise StoreError("; ".join(str(f) for f in failures))
+
+
+def _retry_interval(value: str | None, default: float) -> float:
+    """A retry interval from the component: a Go duration, or ``-1`` for none (as go-redis reads -1)."""
+    return 0.0 if value is not None and value.strip() == "-1" else parse_duration(value, default)
 
 
 def _ok(reply: Any) -> Any:

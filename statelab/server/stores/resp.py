@@ -16,10 +16,12 @@ Two kinds of work cannot share that connection:
 
 Timeouts are timers on the connection (one per connection, not one ``asyncio.timeout`` per command).
 
-A command whose connection fails is sent again (``redisMaxRetries`` times), even a write whose reply was
-lost after Redis applied it; a ``MULTI ... EXEC`` block only if it was never written. daprd's go-redis does the
-same (measured, ``tests/server/test_lost_reply.py``), so after a lost reply a save can answer 409 or be applied
-twice and a transaction answers 500 though applied, on both (``docs/dapr-behaviour.md`` §15).
+A command whose connection fails is sent again (``redisMaxRetries`` times, ``retry_backoff`` apart: 512 ms in a
+Dapr state store, so a Redis that refuses connections is a 500 after about 1.5 s), even a write whose reply was
+lost after Redis applied it; a ``MULTI ... EXEC`` block never. daprd's go-redis does the same (measured,
+``tests/server/test_lost_reply.py``, ``tests/server/test_redis_outage.py``), so after a lost reply a save can
+answer 409 or be applied twice and a transaction answers 500 though applied, on both (``docs/dapr-behaviour.md``
+§15).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import random
 from collections import deque
 from collections.abc import Sequence
 from typing import Any, cast
@@ -46,10 +49,6 @@ class RespConnectionError(ConnectionError):
     """The connection failed or timed out; whether the command was applied is unknown."""
 
 
-class NotResent(RespConnectionError):
-    """A ``MULTI ... EXEC`` block was written, then its connection failed: it is not sent again (go-redis does not
-    resend a transaction once written), so it may or may not have been applied."""
-
 
 def encode(commands: Sequence[Command]) -> bytes:
     out = []
@@ -62,6 +61,18 @@ def encode(commands: Sequence[Command]) -> bytes:
                 arg = b"%d" % arg
             out.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
     return b"".join(out)
+
+
+def retry_backoff(retry: int, low: float, high: float) -> float:
+    """Seconds to wait before retry number ``retry`` (1, 2, ...), as go-redis reckons them: ``low`` plus a random
+    part of ``low`` doubled ``retry`` times, and ``high`` whenever that falls outside ``low``..``high``. ``low`` 0
+    or less: no wait. Dapr's Redis state store sets ``low`` to 2 s and ``high`` to 512 ms (components-contrib's
+    ``redisMinRetryInterval`` and ``redisMaxRetryInterval`` defaults), so every wait there is 512 ms: measured on
+    daprd, ``docs/dapr-behaviour.md`` §15."""
+    if low <= 0:
+        return 0.0
+    wait = low + random.uniform(0, low * 2**retry)
+    return high if wait > high or wait < low else wait
 
 
 class _Connection(asyncio.Protocol):
@@ -159,8 +170,9 @@ class _Connection(asyncio.Protocol):
 class RespClient:
     """Redis commands for the state store: ``call`` / ``pipeline`` / ``transaction`` / ``exclusive``.
 
-    Connection failures are retried ``retries`` times with a short backoff, as the store's Dapr
-    metadata ``redisMaxRetries`` asks; error replies are returned to the caller, never retried.
+    Connection failures are retried ``retries`` times, as the store's Dapr metadata ``redisMaxRetries`` asks,
+    waiting ``retry_backoff(n, min_backoff, max_backoff)`` before retry n (go-redis's defaults: 8 ms and 512 ms);
+    error replies are returned to the caller, never retried.
     """
 
     def __init__(
@@ -174,6 +186,8 @@ class RespClient:
         connect_timeout: float = 5.0,
         read_timeout: float = 3.0,
         retries: int = 3,
+        min_backoff: float = 0.008,
+        max_backoff: float = 0.512,
         pool_size: int = 16,
         scripts: Sequence[str] = (),
     ) -> None:
@@ -181,6 +195,7 @@ class RespClient:
         self.password, self.username, self.db = password, username, db
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
         self.retries, self.pool_size = max(0, retries), max(1, pool_size)
+        self.min_backoff, self.max_backoff = min_backoff, max_backoff
         self.scripts = {hashlib.sha1(s.encode()).hexdigest(): s for s in scripts}
         self._shared: _Connection | None = None
         self._connecting: asyncio.Task[_Connection] | None = None
@@ -201,8 +216,10 @@ class RespClient:
                 loop.create_connection(lambda: _Connection(self.read_timeout), self.host, self.port),
                 self.connect_timeout,
             )
+        except ConnectionRefusedError:  # in Go's words, as daprd reports it
+            raise RespConnectionError(f"dial tcp {self.host}:{self.port}: connect: connection refused") from None
         except (OSError, asyncio.TimeoutError) as exc:
-            raise RespConnectionError(f"dial tcp {self.host}:{self.port}: {exc or 'timeout'}") from None
+            raise RespConnectionError(f"dial tcp {self.host}:{self.port}: {exc or 'i/o timeout'}") from None
         hello: list[Command] = []
         if self.password:
             hello.append(("AUTH", self.username, self.password) if self.username else ("AUTH", self.password))
@@ -239,15 +256,14 @@ class RespClient:
             self._shared = task.result()
 
     async def _with_retries(self, attempt: Any) -> Any:
-        delay = 0.008
-        for tries_left in range(self.retries, -1, -1):
+        for retry in range(self.retries + 1):
+            if retry:
+                await asyncio.sleep(retry_backoff(retry, self.min_backoff, self.max_backoff))
             try:
                 return await attempt()
-            except RespConnectionError as exc:
-                if tries_left == 0 or self._closed or isinstance(exc, NotResent):
+            except RespConnectionError:
+                if retry == self.retries or self._closed:
                     raise
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.5)
         raise AssertionError("unreachable")
 
     # --- commands ------------------------------------------------------------------------------------
@@ -256,12 +272,9 @@ class RespClient:
         """One command's reply; a ``ReplyError`` is returned, not raised."""
         return (await self.pipeline([command]))[0]
 
-    async def pipeline(self, commands: Sequence[Command], *, resend: bool = True) -> list[Any]:
-        """Replies of ``commands``, sent together on the shared connection (no atomicity).
-
-        A connection that fails before the commands are written is always replaced and the commands sent there;
-        one that fails after, only with ``resend`` (``NotResent`` otherwise).
-        """
+    async def pipeline(self, commands: Sequence[Command], *, retry: bool = True) -> list[Any]:
+        """Replies of ``commands``, sent together on the shared connection (no atomicity); a failed connection is
+        replaced and the commands sent again, unless ``retry`` is False."""
         if not commands:
             return []
 
@@ -269,23 +282,18 @@ class RespClient:
             conn = self._shared
             if conn is None or not conn.usable:
                 conn = await self._shared_connection()
-            futures = conn.send(commands)  # raises, with nothing written, on a connection that has failed
-            try:
-                return list(await asyncio.gather(*futures)) if len(futures) > 1 else [await futures[0]]
-            except RespConnectionError as exc:
-                if resend:
-                    raise
-                raise NotResent(str(exc)) from None
+            return list(await asyncio.gather(*conn.send(commands))) if len(commands) > 1 else [await conn.send(commands)[0]]
 
-        return await self._with_retries(attempt)
+        return await (self._with_retries(attempt) if retry else attempt())
 
     async def transaction(self, commands: Sequence[Command]) -> list[Any] | ReplyError:
         """``MULTI``, the commands, ``EXEC`` in one write: the list of results, or the error that aborted it.
 
-        Never sent twice (``NotResent``): a block whose reply was lost may have been applied, and go-redis, which
-        daprd uses, reports it as failed rather than risk applying it again (``docs/dapr-behaviour.md`` §15).
+        Tried once: go-redis, which daprd uses, retries no transaction, neither a failed dial (an immediate 500
+        while Redis is away) nor a block whose reply was lost (which may have been applied), ``docs/dapr-behaviour.md``
+        §15.
         """
-        replies = await self.pipeline([("MULTI",), *commands, ("EXEC",)], resend=False)
+        replies = await self.pipeline([("MULTI",), *commands, ("EXEC",)], retry=False)
         return replies[-1] if isinstance(replies[-1], ReplyError | list) else ReplyError(str(replies[-1]))
 
     async def exclusive(self, commands: Sequence[Command]) -> list[Any]:
