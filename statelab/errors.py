@@ -8,6 +8,7 @@ so a learner catches ``ETagMismatch`` whichever side of the HTTP call they are r
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -103,6 +104,22 @@ def is_save_conflict(exc: BaseException, *, had_etag: bool) -> bool:
     whether the refused save carried an ETag; with one, a 500 is a real failure, not a conflict.
     """
     if isinstance(exc, ETagMismatch):
-        return True
+        return not store_unreachable(str(exc))
     return (isinstance(exc, DaprError) and not had_etag and exc.status == 500
             and exc.error_code == "ERR_STATE_SAVE")
+
+
+# What follows "error from state store: " when the store's connection failed, in daprd's words (Go's net errors)
+# and in statelab's own (statelab/server/stores/resp.py).
+_UNREACHABLE = re.compile(r"error from state store: (dial tcp |read tcp |write tcp |EOF$|redis connection |"
+                          r"redis did not answer|redis client closed|.*i/o timeout)")
+
+
+def store_unreachable(message: str) -> bool:
+    """Whether a 409's message says the store could not be reached, not that the ETag was stale.
+
+    daprd reports any failure of a save or delete that carries an ETag as ``possible etag mismatch``, a refused
+    or dropped Redis connection included (``docs/dapr-behaviour.md`` §15). Such a 409 is no conflict: the write
+    may even have been applied, if Redis took it and the reply was lost before the retries found Redis gone.
+    """
+    return _UNREACHABLE.search(message) is not None

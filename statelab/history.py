@@ -4,7 +4,8 @@ Every attempt of every operation is one ``Attempt``: who, which operation, when,
 it read, what the write answered, and the outcome:
 
 - ``ok``: the save answered 204 (acknowledged);
-- ``conflict``: 409, the ETag was stale, nothing was written;
+- ``conflict``: 409, the ETag was stale, nothing was written (a 409 that says the store was unreachable is
+  ``unknown``: ``errors.store_unreachable``);
 - ``error``: refused without writing (connection refused, a 4xx other than 409);
 - ``unknown``: no answer in time, or a 5xx: the write may or may not have happened.
 

@@ -38,6 +38,7 @@ from statelab.errors import (
     SidecarUnavailable,
     StatelabError,
     is_save_conflict,
+    store_unreachable,
 )
 from statelab.history import CONFLICT, ERROR, OK, UNKNOWN, Attempt, Finding, History, check_append, check_counter
 
@@ -322,8 +323,10 @@ def read_modify_write(config: WritersConfig) -> AttemptStrategy:
         except DaprError as exc:
             if is_save_conflict(exc, had_etag=sent is not None):
                 return AttemptOutcome(CONFLICT, exc.status or 409, etag, "" if isinstance(exc, ETagMismatch) else str(exc))
-            # A 5xx may have written (e.g. Redis wrote, then WAIT failed): its outcome is unknown.
-            return AttemptOutcome(UNKNOWN if exc.status >= 500 else ERROR, exc.status, etag, str(exc))
+            # A 5xx may have written (e.g. Redis wrote, then WAIT failed), and so may a 409 that says Redis was
+            # unreachable (its reply lost, then the retries refused): the outcome is unknown.
+            maybe = exc.status >= 500 or store_unreachable(str(exc))
+            return AttemptOutcome(UNKNOWN if maybe else ERROR, exc.status, etag, str(exc))
         return AttemptOutcome(OK, 204, etag)
 
     return attempt

@@ -19,6 +19,8 @@ import pytest
 import requests
 from helpers import BOTH_RUNTIMES, daprd_binary, make_stack
 
+from statelab.client import StateClient
+from statelab.errors import ETagMismatch, is_save_conflict, store_unreachable
 from statelab.local import Stack
 
 RETRIES_TAKE = (1.3, 2.5)  # seconds: 3 waits of 512 ms, with room for a busy machine
@@ -103,3 +105,18 @@ def test_a_save_rides_out_an_outage_shorter_than_its_retries(stack: Stack, url: 
     assert seconds > 0.45  # the retry after 512 ms found Redis back
     assert requests.get(f"{url}/k", timeout=30).json() == 4
 
+
+def test_a_409_from_an_unreachable_store_is_told_apart_from_a_conflict(stack: Stack) -> None:
+    # What the writers harness and the fault tests rely on, held to both runtimes' real messages.
+    client = StateClient(stack.endpoint)
+    client.save("statestore", "told", 1)
+    with pytest.raises(ETagMismatch) as stale:
+        client.save("statestore", "told", 2, etag="999")
+    assert is_save_conflict(stale.value, had_etag=True) and not store_unreachable(str(stale.value))
+    stack.stop_redis_primary()
+    try:
+        with pytest.raises(ETagMismatch) as away:
+            client.save("statestore", "told", 2, etag="1")
+    finally:
+        stack.start_redis_primary()
+    assert store_unreachable(str(away.value)) and not is_save_conflict(away.value, had_etag=True)
