@@ -4,9 +4,9 @@ messages, after the same waits (docs/dapr-behaviour.md §15).
 Measured on daprd v1.18.3 (2026-12-07): its Redis client tries a command 1 + ``redisMaxRetries`` (3) times, 512 ms
 apart (the state store's retry interval defaults put the minimum above the maximum, so every wait is the maximum).
 A save fails after 1.54 s and rides out an outage of up to about 1.5 s; a transaction is never retried and fails at
-once; a save or delete carrying an ETag fails as an ETag error, 409; a bulk get answers 200 with an error per key.
-statelab's sidecar used to fail every request within about 60 ms, answer 500 for an ETag save and 500 for a bulk
-get. Each test runs on both runtimes with the same assertions.
+once; a save or delete carrying an ETag fails as an ETag error, 409; a get reads the hash, then a plain value, each
+with its retries (3.08 s); a bulk get reads every key so, at once, and answers 200 with an error per key. statelab's
+sidecar used to fail every request within about 60 ms, answer 500 for an ETag save and 500 for a bulk get. Each test runs on both runtimes with the same assertions.
 """
 
 from __future__ import annotations
@@ -80,8 +80,16 @@ def test_a_delete_fails_as_an_etag_error_409(stack: Stack, url: str) -> None:
         "message": f"failed deleting state with key k: possible etag mismatch. error from state store: {refused(stack)}"}
 
 
+def test_a_get_tries_the_hash_then_a_plain_value_each_with_its_retries(stack: Stack, url: str) -> None:
+    answer, seconds = timed(lambda: requests.get(f"{url}/k", timeout=30))
+    assert 2 * RETRIES_TAKE[0] < seconds < 2 * RETRIES_TAKE[1]
+    assert answer.status_code == 500 and answer.json() == {
+        "errorCode": "ERR_STATE_GET", "message": f"fail to get k from state store statestore: {refused(stack)}"}
+
+
 def test_a_bulk_get_is_a_200_with_an_error_for_each_key(stack: Stack, url: str) -> None:
-    answer = requests.post(f"{url}/bulk", json={"keys": ["k", "j"]}, timeout=30)
+    answer, seconds = timed(lambda: requests.post(f"{url}/bulk", json={"keys": ["k", "j"]}, timeout=30))
+    assert 2 * RETRIES_TAKE[0] < seconds < 2 * RETRIES_TAKE[1]  # the keys are read at the same time, each as a get
     assert answer.status_code == 200
     assert sorted(answer.json(), key=lambda item: item["key"]) == [
         {"key": "j", "error": refused(stack)}, {"key": "k", "error": refused(stack)}]

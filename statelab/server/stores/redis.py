@@ -12,6 +12,7 @@ written with first-write refuses later writes without an ETag, and ``consistency
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -143,12 +144,15 @@ class RedisStore(StateStore):
     async def get(self, key: str, *, consistency: str = "", metadata: dict[str, str] | None = None) -> Item | None:
         try:
             fields = await self.client.call("HGETALL", key)
-            if isinstance(fields, ReplyError):
-                # Not a hash (a plain string written by something else): Dapr returns it without ETag.
+        except Exception:
+            fields = None  # Dapr falls back to a plain GET on any failure of the hash read (docs §15: twice as long)
+        if fields is None or isinstance(fields, ReplyError):
+            # Not a hash (a plain string written by something else): Dapr returns it without ETag.
+            try:
                 raw = _ok(await self.client.call("GET", key))
-                return None if raw is None else Item(raw, "")
-        except Exception as exc:
-            raise StoreError(_describe(exc)) from None
+            except Exception as exc:
+                raise StoreError(_describe(exc)) from None
+            return None if raw is None else Item(raw, "")
         return _hash_item(fields)
 
     async def bulk_get(self, keys: Sequence[str], *, parallelism: int = 0,
@@ -156,9 +160,9 @@ class RedisStore(StateStore):
         out: list[BulkItem] = []
         try:
             results = await self.client.pipeline([("HGETALL", key) for key in keys])
-        except Exception as exc:
-            # daprd reads each key on its own and reports a failure per key, in a 200 (docs §15)
-            return [BulkItem(key, error=_describe(exc)) for key in keys]
+        except Exception:
+            # daprd reads each key on its own, all at once, and reports a failure per key in a 200 (docs §15)
+            return list(await asyncio.gather(*(self._read_alone(key) for key in keys)))
         for key, fields in zip(keys, results, strict=False):
             if isinstance(fields, ReplyError):
                 try:
@@ -173,6 +177,12 @@ class RedisStore(StateStore):
                 except StoreError as exc:
                     out.append(BulkItem(key, error=str(exc)))
         return out
+
+    async def _read_alone(self, key: str) -> BulkItem:
+        try:
+            return BulkItem(key, await self.get(key))
+        except StoreError as exc:
+            return BulkItem(key, error=str(exc))
 
     # --- writes --------------------------------------------------------------------------------------
 
