@@ -283,10 +283,12 @@ def saved_error_cells(page, lab: JupyterLab, name: str) -> list[int]:
     page.keyboard.press("Control+s")
 
     def saved() -> dict | None:
-        resp = lab.api("GET", f"/api/contents/{name}?content=1")
-        if resp.status_code != 200:  # read while the server writes the file in place: "Unreadable Notebook"
+        # From the disk, not the contents API: a GET that lands while the server writes the file atomically
+        # runs jupyter_server's recovery (it renames the half-written files), which once lost the notebook.
+        try:
+            nb = json.loads((lab.root / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # not there for a moment, or half written
             return None
-        nb = resp.json()["content"]
         code = [c for c in nb["cells"] if c["cell_type"] == "code"]
         return nb if code and all(c.get("execution_count") for c in code) else None
 
