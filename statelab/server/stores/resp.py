@@ -49,7 +49,6 @@ class RespConnectionError(ConnectionError):
     """The connection failed or timed out; whether the command was applied is unknown."""
 
 
-
 def encode(commands: Sequence[Command]) -> bytes:
     out = []
     for cmd in commands:
